@@ -1,0 +1,1 @@
+"""Alembic migrations of the fax-outbox schema (shipped inside the package)."""

@@ -1,0 +1,162 @@
+"""The one exception root of fax-outbox, and whether each error is worth retrying.
+
+    FaxOutboxError                      retryable=False unless stated
+    ├── ConfigurationError              a setting is missing or malformed
+    ├── ValidationFailed                bad input; carries FieldError list; nothing was written
+    ├── IdempotencyConflict             a key already names a different fax
+    └── MintfaxError                    anything the mintfax API said or failed to say
+        ├── TransportError              retryable: connect/read failures, timeouts, resets
+        ├── ServerError                 retryable: 500, 503 (and other 5xx)
+        ├── RateLimited                 retryable after `retry_after` seconds: 429
+        ├── IdempotencyInProgress       retryable shortly: 409 idempotency_key_in_progress
+        ├── InsufficientBalance         402: pause the fleet, alert, do not retry the fax
+        ├── AuthenticationFailed        401/403: the key is wrong for every fax
+        ├── IdempotencyKeyReuse         409 idempotency_key_reuse: needs a human
+        └── RequestRejected             400, 422 and other 4xx: the fax is rejected
+
+Third-party exceptions (httpx, psycopg) are translated once, at the boundary that calls them;
+nothing above that boundary catches library exceptions.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+
+class FaxOutboxError(Exception):
+    """Root of every error fax-outbox raises on purpose."""
+
+    retryable: bool = False
+
+
+class ConfigurationError(FaxOutboxError):
+    """A setting is missing or malformed. Names the setting, never its value."""
+
+    def __init__(self, setting: str, reason: str) -> None:
+        self.setting = setting
+        self.reason = reason
+        super().__init__(f"{setting} {reason}")
+
+
+@dataclass(frozen=True, slots=True)
+class FieldError:
+    """One refused field, in the spirit of mintfax's `context.errors`."""
+
+    field: str
+    reason: str
+    index: int | None = None  # position in a bulk enqueue
+
+    def __str__(self) -> str:
+        where = f"[{self.index}] " if self.index is not None else ""
+        return f"{where}{self.field}: {self.reason}"
+
+
+class ValidationFailed(FaxOutboxError):
+    """Bad input. Carries every problem found, not only the first; nothing was written."""
+
+    def __init__(self, errors: list[FieldError]) -> None:
+        if not errors:
+            raise ValueError("ValidationFailed needs at least one FieldError")
+        self.errors = list(errors)
+        super().__init__("; ".join(str(e) for e in self.errors))
+
+    def as_dict(self) -> dict[str, list[str]]:
+        """Errors keyed by field, the shape of mintfax's `context.errors`."""
+        out: dict[str, list[str]] = {}
+        for err in self.errors:
+            out.setdefault(err.field, []).append(err.reason)
+        return out
+
+
+class IdempotencyConflict(FaxOutboxError):
+    """An idempotency key that is already stored for a different recipient/document/reference."""
+
+    def __init__(self, idempotency_key: str, existing_id: int) -> None:
+        self.idempotency_key = idempotency_key
+        self.existing_id = existing_id
+        super().__init__(
+            f"idempotency_key: already used by fax {existing_id} with different content"
+        )
+
+
+class MintfaxError(FaxOutboxError):
+    """The mintfax API refused, failed, or could not be reached.
+
+    `status_code` is None when no HTTP response arrived. `error`, `message`, `action`,
+    `context` and `request_id` come from mintfax's error envelope when there was one.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status_code: int | None = None,
+        error: str | None = None,
+        action: str | None = None,
+        context: dict[str, Any] | None = None,
+        request_id: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.status_code = status_code
+        self.error = error
+        self.action = action
+        self.context = context or {}
+        self.request_id = request_id
+
+    def envelope(self) -> dict[str, Any]:
+        """What we store on the row as `last_error` (JSON); never holds secrets."""
+        return {
+            "kind": type(self).__name__,
+            "status_code": self.status_code,
+            "error": self.error,
+            "message": self.message,
+            "action": self.action,
+            "context": self.context,
+            "request_id": self.request_id,
+        }
+
+
+class TransportError(MintfaxError):
+    """No usable response: connect/read failure, timeout, connection reset."""
+
+    retryable = True
+
+
+class ServerError(MintfaxError):
+    """mintfax answered 5xx."""
+
+    retryable = True
+
+
+class RateLimited(MintfaxError):
+    """429: wait `retry_after` seconds, fleet-wide."""
+
+    retryable = True
+
+    def __init__(self, message: str, *, retry_after: float, **kwargs: Any) -> None:
+        super().__init__(message, **kwargs)
+        self.retry_after = retry_after
+
+
+class IdempotencyInProgress(MintfaxError):
+    """409 idempotency_key_in_progress: the first request with this key is still running."""
+
+    retryable = True
+
+
+class InsufficientBalance(MintfaxError):
+    """402 insufficient_balance: nothing more can be sent until the balance is topped up."""
+
+
+class AuthenticationFailed(MintfaxError):
+    """401/403: the API key is missing, invalid, or not allowed here."""
+
+
+class IdempotencyKeyReuse(MintfaxError):
+    """409 idempotency_key_reuse: the key was used with a different request body."""
+
+
+class RequestRejected(MintfaxError):
+    """400, 422 and other 4xx: this fax will never be accepted as it is."""

@@ -1,0 +1,176 @@
+"""The outbox schema as SQLAlchemy Core tables: the source Alembic migrations are checked against.
+
+State machine of `fax_outbox.status` (also drawn in the README, enforced by a trigger):
+
+    pending ──claim──> sending ──201──> submitted ──webhook/poll──> delivered | failed
+       ^                 │ │ │
+       └──retry/rescue───┘ │ └──4xx/bad file──> rejected
+                           └──409 reuse / unknown outcome after 24 h──> needs_review
+    pending | needs_review ──operator──> cancelled
+    sending ──retries exhausted──> failed
+
+Terminal states (`delivered`, `failed`, `rejected`, `cancelled`) never change.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+from sqlalchemy import (
+    BigInteger,
+    CheckConstraint,
+    Column,
+    DateTime,
+    Enum,
+    ForeignKey,
+    Identity,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    SmallInteger,
+    Table,
+    Text,
+    UniqueConstraint,
+    text,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+
+
+class FaxStatus(StrEnum):
+    """Public contract: the statuses of a row in `fax_outbox`."""
+
+    PENDING = "pending"
+    SENDING = "sending"
+    SUBMITTED = "submitted"
+    DELIVERED = "delivered"
+    FAILED = "failed"
+    REJECTED = "rejected"
+    CANCELLED = "cancelled"
+    NEEDS_REVIEW = "needs_review"
+
+
+TERMINAL_STATUSES = frozenset(
+    {FaxStatus.DELIVERED, FaxStatus.FAILED, FaxStatus.REJECTED, FaxStatus.CANCELLED}
+)
+
+NOTIFY_CHANNEL = "fax_outbox_new"
+
+metadata = MetaData(
+    naming_convention={
+        "ix": "%(table_name)s_%(column_0_N_name)s_idx",
+        "uq": "%(table_name)s_%(column_0_N_name)s_key",
+        "ck": "%(table_name)s_%(constraint_name)s_check",
+        "fk": "%(table_name)s_%(column_0_name)s_fkey",
+        "pk": "%(table_name)s_pkey",
+    }
+)
+
+fax_status_enum = Enum(
+    FaxStatus,
+    name="fax_status",
+    values_callable=lambda members: [m.value for m in members],
+    metadata=metadata,
+)
+
+_NOW = text("now()")
+
+fax_outbox = Table(
+    "fax_outbox",
+    metadata,
+    Column("id", BigInteger, Identity(always=False), primary_key=True),
+    # Filled by the insert trigger when NULL (see outbox/keys.py for the canonical string).
+    Column("idempotency_key", Text, nullable=False),
+    Column("to_number", Text, nullable=False),
+    Column("document", LargeBinary, nullable=False),
+    Column("document_sha256", Text, nullable=False),
+    Column("filename", Text, nullable=False),
+    Column("reference", Text, nullable=False),
+    Column("retries", SmallInteger, nullable=False, server_default=text("3")),
+    Column("metadata", JSONB, nullable=False, server_default=text("'{}'::jsonb")),
+    Column("status", fax_status_enum, nullable=False, server_default=text("'pending'")),
+    Column("status_reason", Text),
+    Column("attempts", Integer, nullable=False, server_default=text("0")),
+    Column("next_attempt_at", DateTime(timezone=True), nullable=False, server_default=_NOW),
+    Column("lease_owner", Text),
+    Column("lease_expires_at", DateTime(timezone=True)),
+    Column("first_attempt_at", DateTime(timezone=True)),
+    Column("mintfax_fax_id", Text),
+    Column("mintfax_status", Text),
+    Column("pages", Integer),
+    Column("last_error", JSONB),
+    Column("submitted_at", DateTime(timezone=True)),
+    Column("completed_at", DateTime(timezone=True)),
+    # Timestamp of the newest provider event applied, so an older event never wins.
+    Column("last_event_at", DateTime(timezone=True)),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=_NOW),
+    Column("updated_at", DateTime(timezone=True), nullable=False, server_default=_NOW),
+    UniqueConstraint("idempotency_key"),
+    UniqueConstraint("mintfax_fax_id"),
+    CheckConstraint(r"to_number ~ '^\+[1-9][0-9]{1,14}$'", name="to_number_e164"),
+    CheckConstraint(
+        "octet_length(document) BETWEEN 1 AND 10485760", name="document_size"
+    ),
+    CheckConstraint("char_length(filename) BETWEEN 1 AND 255", name="filename_length"),
+    CheckConstraint("char_length(reference) BETWEEN 1 AND 255", name="reference_length"),
+    CheckConstraint(
+        "char_length(idempotency_key) BETWEEN 1 AND 255", name="idempotency_key_length"
+    ),
+    CheckConstraint("retries BETWEEN 0 AND 10", name="retries_range"),
+    CheckConstraint("attempts >= 0", name="attempts_nonnegative"),
+    CheckConstraint("jsonb_typeof(metadata) = 'object'", name="metadata_object"),
+    CheckConstraint(
+        "(status = 'sending') = (lease_expires_at IS NOT NULL AND lease_owner IS NOT NULL)",
+        name="lease_iff_sending",
+    ),
+    CheckConstraint(
+        "status NOT IN ('submitted', 'delivered') OR mintfax_fax_id IS NOT NULL",
+        name="accepted_has_fax_id",
+    ),
+)
+
+# "Due rows in fetch order": the claim query walks this index and nothing else.
+Index(
+    "fax_outbox_due_idx",
+    fax_outbox.c.next_attempt_at,
+    fax_outbox.c.id,
+    postgresql_where=text("status = 'pending'"),
+)
+# The rescuer looks for expired leases among the (few) rows being sent.
+Index(
+    "fax_outbox_lease_idx",
+    fax_outbox.c.lease_expires_at,
+    postgresql_where=text("status = 'sending'"),
+)
+# Reconciliation polls rows mintfax has accepted but not finished.
+Index(
+    "fax_outbox_submitted_idx",
+    fax_outbox.c.submitted_at,
+    postgresql_where=text("status = 'submitted'"),
+)
+Index("fax_outbox_status_idx", fax_outbox.c.status)
+
+fax_attempts = Table(
+    "fax_attempts",
+    metadata,
+    Column("id", BigInteger, Identity(always=False), primary_key=True),
+    Column(
+        "fax_id",
+        BigInteger,
+        ForeignKey("fax_outbox.id", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    Column("attempt", Integer, nullable=False),
+    Column("worker", Text),
+    Column("started_at", DateTime(timezone=True), nullable=False),
+    Column("finished_at", DateTime(timezone=True), nullable=False),
+    Column("duration_ms", Integer, nullable=False),
+    # What we did about it: submitted, retry, rate_limited, paused, rejected, failed, ...
+    Column("outcome", Text, nullable=False),
+    Column("http_status", Integer),
+    Column("error", JSONB),
+    Column("request_id", Text),
+    CheckConstraint("attempt >= 1", name="attempt_positive"),
+    CheckConstraint("duration_ms >= 0", name="duration_nonnegative"),
+)
+Index("fax_attempts_fax_id_idx", fax_attempts.c.fax_id, fax_attempts.c.attempt)

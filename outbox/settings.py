@@ -1,0 +1,162 @@
+"""One typed settings object, read once at the edge of each process.
+
+Nothing in `outbox/` reads the environment at import time: processes build a `Settings` with
+`Settings.from_env()` (tests pass their own mapping) and hand it, or the pieces it holds, to
+the functions they call. Secrets are `pydantic.SecretStr`, so they print as `'**********'` in
+reprs, logs and tracebacks (invariant 7).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from outbox.errors import ConfigurationError
+
+DEFAULT_MINTFAX_BASE_URL = "https://api.mintfax.com/v1"
+
+Environment = Literal["sandbox", "production"]
+
+
+def sqlalchemy_url(url: str) -> str:
+    """Return `url` with the psycopg 3 driver named, as SQLAlchemy needs it."""
+    for prefix in ("postgresql+psycopg://", "postgresql+psycopg2://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url[len(prefix) :]
+    for prefix in ("postgres://", "postgresql://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url[len(prefix) :]
+    raise ConfigurationError(
+        "DATABASE_URL", "must be a postgresql:// URL (postgresql+psycopg:// also accepted)"
+    )
+
+
+def libpq_url(url: str) -> str:
+    """Return `url` as plain libpq understands it (psql, psycopg.connect)."""
+    return "postgresql://" + sqlalchemy_url(url)[len("postgresql+psycopg://") :]
+
+
+class Settings(BaseSettings):
+    """Every knob of fax-outbox. Standard names for shared services, `FAXOUT_` for our own."""
+
+    model_config = SettingsConfigDict(extra="ignore", frozen=True, populate_by_name=True)
+
+    database_url: str | None = Field(default=None, validation_alias="DATABASE_URL")
+    redis_url: str | None = Field(default=None, validation_alias="REDIS_URL")
+
+    mintfax_api_key: SecretStr | None = Field(default=None, validation_alias="MINTFAX_API_KEY")
+    mintfax_api_key_file: Path | None = Field(
+        default=None, validation_alias="MINTFAX_API_KEY_FILE"
+    )
+    mintfax_base_url: str = Field(
+        default=DEFAULT_MINTFAX_BASE_URL, validation_alias="MINTFAX_BASE_URL"
+    )
+    # Several secrets (comma or whitespace separated) so a rotation has an overlap window.
+    mintfax_webhook_secrets: Annotated[tuple[SecretStr, ...], NoDecode] = Field(
+        default=(),
+        validation_alias=AliasChoices("MINTFAX_WEBHOOK_SECRET", "MINTFAX_WEBHOOK_SECRETS"),
+    )
+
+    environment: Environment = Field(default="sandbox", validation_alias="FAXOUT_ENVIRONMENT")
+    rate_limit_per_minute: int = Field(
+        default=60, ge=1, le=100_000, validation_alias="FAXOUT_RATE_LIMIT_PER_MINUTE"
+    )
+    alert_webhook_url: str | None = Field(
+        default=None, validation_alias="FAXOUT_ALERT_WEBHOOK_URL"
+    )
+    lease_seconds: int = Field(default=120, ge=5, le=3600, validation_alias="FAXOUT_LEASE_SECONDS")
+    http_timeout_seconds: float = Field(
+        default=30.0, gt=0, le=300, validation_alias="FAXOUT_HTTP_TIMEOUT_SECONDS"
+    )
+    max_submit_attempts: int = Field(
+        default=5, ge=1, le=20, validation_alias="FAXOUT_MAX_SUBMIT_ATTEMPTS"
+    )
+
+    @field_validator("mintfax_webhook_secrets", mode="before")
+    @classmethod
+    def _split_secrets(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return tuple(part for part in value.replace(",", " ").split() if part)
+        return value
+
+    @model_validator(mode="after")
+    def _one_source_for_the_key(self) -> Settings:
+        if self.mintfax_api_key is not None and self.mintfax_api_key_file is not None:
+            raise ValueError("set MINTFAX_API_KEY or MINTFAX_API_KEY_FILE, not both")
+        return self
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """Build settings from `environ` (default: the process environment).
+
+        Raises `ConfigurationError` naming the variable when a value is invalid.
+        """
+        source = dict(os.environ if environ is None else environ)
+        fields: dict[str, Any] = {}
+        for name, info in cls.model_fields.items():
+            aliases: list[str] = []
+            alias = info.validation_alias
+            if isinstance(alias, str):
+                aliases = [alias]
+            elif isinstance(alias, AliasChoices):
+                aliases = [a for a in alias.choices if isinstance(a, str)]
+            for env_name in aliases:
+                if env_name in source and source[env_name] != "":
+                    fields[name] = source[env_name]
+                    break
+        try:
+            return cls.model_validate(fields)
+        except ValueError as exc:  # pydantic.ValidationError is a ValueError
+            raise ConfigurationError("environment", _describe_validation_error(exc)) from None
+
+    def require_database_url(self) -> str:
+        """The SQLAlchemy URL of the outbox database; a clear error when unset."""
+        if not self.database_url:
+            raise ConfigurationError("DATABASE_URL", "is not set")
+        return sqlalchemy_url(self.database_url)
+
+    def require_redis_url(self) -> str:
+        """The Redis URL (broker and throttle); a clear error when unset."""
+        if not self.redis_url:
+            raise ConfigurationError("REDIS_URL", "is not set")
+        return self.redis_url
+
+    def api_key(self) -> SecretStr:
+        """The mintfax API key, from `MINTFAX_API_KEY` or read from `MINTFAX_API_KEY_FILE`.
+
+        The file is read on every call so that a rotated key (file replaced in place by a
+        secrets manager) is picked up without a restart.
+        """
+        if self.mintfax_api_key_file is not None:
+            try:
+                text = self.mintfax_api_key_file.read_text(encoding="utf-8").strip()
+            except OSError as exc:
+                raise ConfigurationError(
+                    "MINTFAX_API_KEY_FILE", f"cannot be read ({exc.strerror})"
+                ) from None
+            if not text:
+                raise ConfigurationError("MINTFAX_API_KEY_FILE", "is empty")
+            return SecretStr(text)
+        if self.mintfax_api_key is None:
+            raise ConfigurationError("MINTFAX_API_KEY", "is not set (nor MINTFAX_API_KEY_FILE)")
+        return self.mintfax_api_key
+
+
+def _describe_validation_error(exc: ValueError) -> str:
+    errors = getattr(exc, "errors", None)
+    if not callable(errors):
+        return str(exc)
+    parts = []
+    for err in errors(include_input=False, include_url=False):
+        loc = ".".join(str(p) for p in err.get("loc", ())) or "settings"
+        field = Settings.model_fields.get(loc)
+        alias = field.validation_alias if field is not None else None
+        if isinstance(alias, AliasChoices):
+            alias = alias.choices[0]
+        parts.append(f"{alias if isinstance(alias, str) else loc}: {err.get('msg')}")
+    return "; ".join(parts)

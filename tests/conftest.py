@@ -1,0 +1,119 @@
+"""Test tiers and the real services they run on.
+
+- `tests/unit`: no I/O.
+- `tests/integration`: real Postgres and Redis. Each test gets its own database cloned from a
+  template migrated once per session, and its own Redis database index, flushed first.
+- `tests/acceptance`: real processes (CLI, workers, servers) on top of the same.
+
+`DATABASE_URL` / `REDIS_URL` are used when set; otherwise embedded servers are started once.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from urllib.parse import urlsplit, urlunsplit
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+import redis
+from sqlalchemy import Engine
+from sqlalchemy.engine import make_url
+
+from outbox import schema
+from outbox.db import make_engine
+from outbox.settings import libpq_url
+from workers import embedded
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        tier = Path(str(item.fspath)).parent.name
+        if tier in ("integration", "acceptance"):
+            item.add_marker(getattr(pytest.mark, tier))
+
+
+def _worker_number(config: pytest.Config) -> int:
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
+    return int(worker[2:]) if worker.startswith("gw") else 0
+
+
+@pytest.fixture(scope="session")
+def service_urls() -> Iterator[embedded.ServiceURLs]:
+    """The Postgres and Redis this session runs on (given by the environment, or embedded)."""
+    with embedded.services(
+        os.environ.get("DATABASE_URL") or None, os.environ.get("REDIS_URL") or None
+    ) as urls:
+        yield urls
+
+
+def _with_database(url: str, name: str) -> str:
+    return libpq_url(make_url(libpq_url(url)).set(database=name).render_as_string(False))
+
+
+def _admin(service_urls: embedded.ServiceURLs) -> psycopg.Connection:
+    return psycopg.connect(libpq_url(service_urls.database_url), autocommit=True)
+
+
+@pytest.fixture(scope="session")
+def template_database(
+    service_urls: embedded.ServiceURLs, request: pytest.FixtureRequest
+) -> Iterator[str]:
+    """A database migrated to head, cloned by every test that needs one."""
+    name = f"faxout_tpl_{_worker_number(request.config)}_{os.getpid()}"
+    with _admin(service_urls) as admin:
+        admin.execute(f'DROP DATABASE IF EXISTS "{name}"')
+        admin.execute(f'CREATE DATABASE "{name}"')
+    url = _with_database(service_urls.database_url, name)
+    engine = make_engine(url)
+    schema.upgrade(engine)
+    engine.dispose()
+    yield name
+    with _admin(service_urls) as admin:
+        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def empty_database_url(service_urls: embedded.ServiceURLs) -> Iterator[str]:
+    """A fresh, unmigrated database (for migration tests)."""
+    name = f"faxout_e_{uuid.uuid4().hex[:12]}"
+    with _admin(service_urls) as admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+    yield _with_database(service_urls.database_url, name)
+    with _admin(service_urls) as admin:
+        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def database_url(service_urls: embedded.ServiceURLs, template_database: str) -> Iterator[str]:
+    """A migrated database of this test's own (libpq URL)."""
+    name = f"faxout_t_{uuid.uuid4().hex[:12]}"
+    with _admin(service_urls) as admin:
+        admin.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template_database}"')
+    yield _with_database(service_urls.database_url, name)
+    with _admin(service_urls) as admin:
+        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def engine(database_url: str) -> Iterator[Engine]:
+    """A SQLAlchemy engine on this test's database."""
+    eng = make_engine(database_url)
+    yield eng
+    eng.dispose()
+
+
+@pytest.fixture
+def redis_url(service_urls: embedded.ServiceURLs, request: pytest.FixtureRequest) -> str:
+    """A Redis database index of this xdist worker's own, flushed before the test."""
+    parts = urlsplit(service_urls.redis_url)
+    index = 1 + _worker_number(request.config)
+    url = urlunsplit((parts.scheme, parts.netloc, f"/{index}", parts.query, ""))
+    client = redis.Redis.from_url(url)
+    client.flushdb()
+    client.close()
+    return url

@@ -1,0 +1,157 @@
+"""`faxout`: the operators' command line. Each command is a thin adapter over one `outbox` call.
+
+Exit codes: 0 success, 1 the operation failed, 2 bad input or configuration (one line per
+problem on stderr).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated, NoReturn
+
+import sqlalchemy.exc
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from outbox import schema
+from outbox.db import make_engine
+from outbox.enqueue import enqueue_fax
+from outbox.errors import ConfigurationError, FaxOutboxError, IdempotencyConflict, ValidationFailed
+from outbox.models import FaxStatus
+from outbox.repository import count_by_status
+from outbox.settings import Settings
+
+app = typer.Typer(
+    name="faxout",
+    help="fax-outbox: send faxes through mintfax exactly once.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+db_app = typer.Typer(help="Database schema commands.", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+
+out = Console()
+err = Console(stderr=True)
+
+
+def _fail(lines: list[str], code: int = 2) -> NoReturn:
+    for line in lines:
+        err.print(f"[red]error:[/red] {line}", highlight=False, markup=True)
+    raise typer.Exit(code)
+
+
+def load_settings() -> Settings:
+    """Settings from the environment; a clear exit 2 when they are invalid."""
+    try:
+        return Settings.from_env()
+    except ConfigurationError as exc:
+        _fail([str(exc)])
+
+
+def _engine(settings: Settings):  # type: ignore[no-untyped-def]
+    try:
+        return make_engine(settings.require_database_url())
+    except ConfigurationError as exc:
+        _fail([str(exc)])
+
+
+@db_app.command("upgrade")
+def db_upgrade(
+    revision: Annotated[str, typer.Option(help="Target revision.")] = "head",
+) -> None:
+    """Migrate the database to the newest schema (safe to run again)."""
+    engine = _engine(load_settings())
+    try:
+        before = schema.current_revision(engine)
+        schema.upgrade(engine, revision)
+        after = schema.current_revision(engine)
+    finally:
+        engine.dispose()
+    if before == after:
+        out.print(f"database already at {after}")
+    else:
+        out.print(f"database upgraded from {before or 'empty'} to {after}")
+
+
+@db_app.command("check")
+def db_check() -> None:
+    """Exit 1 unless the database schema matches what this code expects."""
+    engine = _engine(load_settings())
+    try:
+        problems = schema.differences(engine)
+    finally:
+        engine.dispose()
+    if problems:
+        _fail(problems, code=1)
+    out.print(f"schema matches the models (revision {schema.head_revision(engine)})")
+
+
+@app.command()
+def enqueue(
+    to: Annotated[str, typer.Option("--to", help="Recipient, E.164 (+12125550123).")],
+    file: Annotated[Path, typer.Option("--file", help="Document to send.")],
+    reference: Annotated[str, typer.Option("--reference", help="Your own id for this fax.")],
+    retries: Annotated[int, typer.Option(help="mintfax carrier retries, 0-10.")] = 3,
+    idempotency_key: Annotated[
+        str | None, typer.Option(help="Your own key (default: derived).")
+    ] = None,
+) -> None:
+    """Add one fax to the outbox and print its id, key and whether it is new."""
+    settings = load_settings()
+    engine = _engine(settings)
+    try:
+        with engine.begin() as conn:
+            result = enqueue_fax(
+                conn,
+                to=to,
+                document=file,
+                reference=reference,
+                retries=retries,
+                idempotency_key=idempotency_key,
+                environment=settings.environment,
+            )
+    except ValidationFailed as exc:
+        _fail([str(e) for e in exc.errors])
+    except IdempotencyConflict as exc:
+        _fail([str(exc)])
+    finally:
+        engine.dispose()
+    out.print(f"id={result.id}")
+    out.print(f"idempotency_key={result.idempotency_key}")
+    out.print(f"created={'true' if result.created else 'false'}")
+
+
+@app.command()
+def status() -> None:
+    """Counts of faxes by status."""
+    engine = _engine(load_settings())
+    try:
+        with engine.connect() as conn:
+            counts = count_by_status(conn)
+    finally:
+        engine.dispose()
+    table = Table(title="fax_outbox")
+    table.add_column("status")
+    table.add_column("count", justify="right")
+    for st in FaxStatus:
+        table.add_row(st.value, str(counts[st]))
+    table.add_row("[bold]total[/bold]", f"[bold]{sum(counts.values())}[/bold]")
+    out.print(table)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    try:
+        app()
+    except FaxOutboxError as exc:  # anything not handled by a command: one clear line
+        err.print(f"error: {exc}", highlight=False, markup=False)
+        sys.exit(1)
+    except sqlalchemy.exc.OperationalError as exc:
+        err.print(f"error: database unavailable: {exc.orig}", highlight=False, markup=False)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()
