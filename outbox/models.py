@@ -103,14 +103,15 @@ fax_outbox = Table(
     Column("completed_at", DateTime(timezone=True)),
     # Timestamp of the newest provider event applied, so an older event never wins.
     Column("last_event_at", DateTime(timezone=True)),
+    # Set when a relay has published the row's id; cleared by the claim. A row that stays
+    # dispatched past its next_attempt_at had its message lost and is published again.
+    Column("dispatched_at", DateTime(timezone=True)),
     Column("created_at", DateTime(timezone=True), nullable=False, server_default=_NOW),
     Column("updated_at", DateTime(timezone=True), nullable=False, server_default=_NOW),
     UniqueConstraint("idempotency_key"),
     UniqueConstraint("mintfax_fax_id"),
     CheckConstraint(r"to_number ~ '^\+[1-9][0-9]{1,14}$'", name="to_number_e164"),
-    CheckConstraint(
-        "octet_length(document) BETWEEN 1 AND 10485760", name="document_size"
-    ),
+    CheckConstraint("octet_length(document) BETWEEN 1 AND 10485760", name="document_size"),
     CheckConstraint("char_length(filename) BETWEEN 1 AND 255", name="filename_length"),
     CheckConstraint("char_length(reference) BETWEEN 1 AND 255", name="reference_length"),
     CheckConstraint(
@@ -174,3 +175,59 @@ fax_attempts = Table(
     CheckConstraint("duration_ms >= 0", name="duration_nonnegative"),
 )
 Index("fax_attempts_fax_id_idx", fax_attempts.c.fax_id, fax_attempts.c.attempt)
+
+
+class PauseReason(StrEnum):
+    """Why the whole fleet stopped sending."""
+
+    INSUFFICIENT_BALANCE = "insufficient_balance"
+    AUTHENTICATION_FAILED = "authentication_failed"
+    API_KEY_MISMATCH = "api_key_environment_mismatch"
+    OPERATOR = "operator"
+
+
+# One row per pause episode; an episode is open while ended_at IS NULL. Postgres is the truth,
+# Redis holds a mirror for a fast check on the hot path.
+fleet_pauses = Table(
+    "fleet_pauses",
+    metadata,
+    Column("id", BigInteger, Identity(always=False), primary_key=True),
+    Column("reason", Text, nullable=False),
+    Column("detail", JSONB, nullable=False, server_default=text("'{}'::jsonb")),
+    Column("started_at", DateTime(timezone=True), nullable=False),
+    Column("started_by", Text),
+    Column("ended_at", DateTime(timezone=True)),
+    Column("ended_by", Text),
+    CheckConstraint(
+        "reason IN ('insufficient_balance', 'authentication_failed', "
+        "'api_key_environment_mismatch', 'operator')",
+        name="reason_known",
+    ),
+    CheckConstraint("ended_at IS NULL OR ended_at >= started_at", name="ends_after_start"),
+)
+# At most one open episode per reason: a second 402 joins the open episode.
+Index(
+    "fleet_pauses_open_reason_idx",
+    fleet_pauses.c.reason,
+    unique=True,
+    postgresql_where=text("ended_at IS NULL"),
+)
+
+alerts = Table(
+    "alerts",
+    metadata,
+    Column("id", BigInteger, Identity(always=False), primary_key=True),
+    Column("kind", Text, nullable=False),
+    # One alert per episode: the same dedupe key never alerts twice.
+    Column("dedupe_key", Text, nullable=False),
+    Column("severity", Text, nullable=False, server_default=text("'error'")),
+    Column("message", Text, nullable=False),
+    Column("detail", JSONB, nullable=False, server_default=text("'{}'::jsonb")),
+    Column("fax_id", BigInteger, ForeignKey("fax_outbox.id", ondelete="SET NULL")),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("notified_at", DateTime(timezone=True)),
+    Column("notify_error", Text),
+    UniqueConstraint("dedupe_key"),
+    CheckConstraint("severity IN ('warning', 'error', 'critical')", name="severity_known"),
+)
+Index("alerts_created_at_idx", alerts.c.created_at)

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, func, select
+from sqlalchemy import Connection, func, select, text, update
 from sqlalchemy.dialects.postgresql import insert
 
-from outbox.models import FaxStatus, fax_outbox
+from outbox.models import FaxStatus, alerts, fax_attempts, fax_outbox, fleet_pauses
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,9 +65,318 @@ def intents_by_key(conn: Connection, keys: Iterable[str]) -> dict[str, StoredInt
 def count_by_status(conn: Connection) -> dict[FaxStatus, int]:
     """How many rows are in each status (every status present, zeros included)."""
     counts = dict.fromkeys(FaxStatus, 0)
-    result = conn.execute(
-        select(fax_outbox.c.status, func.count()).group_by(fax_outbox.c.status)
-    )
+    result = conn.execute(select(fax_outbox.c.status, func.count()).group_by(fax_outbox.c.status))
     for status, count in result.tuples():
         counts[FaxStatus(status)] = count
     return counts
+
+
+# --- delivery -------------------------------------------------------------------------------
+
+_DISPATCH_DUE = text(
+    """
+    WITH due AS (
+        SELECT id FROM fax_outbox
+        WHERE status = 'pending' AND next_attempt_at <= :now
+          AND NOT EXISTS (SELECT 1 FROM fleet_pauses WHERE ended_at IS NULL)
+        ORDER BY next_attempt_at, id
+        LIMIT :limit
+        FOR UPDATE SKIP LOCKED
+    )
+    UPDATE fax_outbox AS f
+    SET dispatched_at = :now,
+        next_attempt_at = :now + make_interval(secs => :redispatch_after)
+    FROM due
+    WHERE f.id = due.id
+    RETURNING f.id
+    """
+)
+
+_CLAIM_FOR_SUBMIT = text(
+    """
+    UPDATE fax_outbox
+    SET status = 'sending',
+        lease_owner = :owner,
+        lease_expires_at = :now + make_interval(secs => :lease_seconds),
+        dispatched_at = NULL,
+        first_attempt_at = coalesce(first_attempt_at, :now)
+    WHERE id = :id
+      AND status = 'pending'
+      AND dispatched_at IS NOT NULL
+      AND NOT EXISTS (SELECT 1 FROM fleet_pauses WHERE ended_at IS NULL)
+    RETURNING id, idempotency_key, to_number, document, filename, retries, attempts,
+              first_attempt_at
+    """
+)
+
+_RESCUE_EXPIRED = text(
+    """
+    WITH expired AS (
+        SELECT id FROM fax_outbox
+        WHERE status = 'sending' AND lease_expires_at < :now
+        ORDER BY lease_expires_at
+        LIMIT :limit
+        FOR UPDATE SKIP LOCKED
+    )
+    UPDATE fax_outbox AS f
+    SET status = CASE WHEN f.attempts + 1 >= :max_attempts
+                      THEN 'needs_review'::fax_status ELSE 'pending'::fax_status END,
+        status_reason = CASE WHEN f.attempts + 1 >= :max_attempts
+                             THEN 'unknown_outcome_attempts_exhausted' ELSE f.status_reason END,
+        attempts = f.attempts + 1,
+        next_attempt_at = :now,
+        last_error = jsonb_build_object(
+            'kind', 'LeaseExpired', 'lease_owner', f.lease_owner,
+            'message', 'worker lost its lease; outcome of the attempt unknown'),
+        lease_owner = NULL,
+        lease_expires_at = NULL
+    FROM expired
+    WHERE f.id = expired.id
+    RETURNING f.id, f.status, f.attempts
+    """
+)
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimedFax:
+    """A row this worker holds the lease on, with what it needs to submit it."""
+
+    id: int
+    idempotency_key: str
+    to_number: str
+    document: bytes
+    filename: str
+    retries: int
+    attempts: int
+    first_attempt_at: datetime
+
+
+def dispatch_due(
+    conn: Connection, *, now: datetime, limit: int, redispatch_after: float
+) -> list[int]:
+    """Mark up to `limit` due rows as dispatched and return their ids, oldest due first.
+
+    A dispatched row is pushed `redispatch_after` seconds into the future: if its message is
+    lost, it becomes due again then and is published once more.
+    """
+    result = conn.execute(
+        _DISPATCH_DUE, {"now": now, "limit": limit, "redispatch_after": redispatch_after}
+    )
+    return [row_id for (row_id,) in result.tuples()]
+
+
+def claim_for_submit(
+    conn: Connection, fax_id: int, *, owner: str, now: datetime, lease_seconds: float
+) -> ClaimedFax | None:
+    """Take the lease on a dispatched pending row, unless the fleet is paused.
+
+    None when the row is not claimable (already claimed through a duplicate message, finished,
+    rescheduled, or the fleet is paused): the caller then does nothing.
+    """
+    row = conn.execute(
+        _CLAIM_FOR_SUBMIT,
+        {"id": fax_id, "owner": owner, "now": now, "lease_seconds": lease_seconds},
+    ).one_or_none()
+    if row is None:
+        return None
+    return ClaimedFax(
+        id=row.id,
+        idempotency_key=row.idempotency_key,
+        to_number=row.to_number,
+        document=bytes(row.document),
+        filename=row.filename,
+        retries=row.retries,
+        attempts=row.attempts,
+        first_attempt_at=row.first_attempt_at,
+    )
+
+
+def update_claimed(conn: Connection, fax_id: int, *, owner: str, values: Mapping[str, Any]) -> bool:
+    """Apply `values` to a row only while `owner` still holds its lease; False if it lost it.
+
+    Leaving `sending` clears the lease columns, as the lease_iff_sending constraint requires.
+    """
+    c = fax_outbox.c
+    changes = dict(values)
+    if changes.get("status", FaxStatus.SENDING) != FaxStatus.SENDING:
+        changes.setdefault("lease_owner", None)
+        changes.setdefault("lease_expires_at", None)
+    result = conn.execute(
+        update(fax_outbox)
+        .where(c.id == fax_id, c.status == FaxStatus.SENDING, c.lease_owner == owner)
+        .values(**changes)
+    )
+    return result.rowcount == 1
+
+
+def record_attempt(conn: Connection, **values: Any) -> None:
+    """Append one row to the attempt log."""
+    conn.execute(insert(fax_attempts).values(**values))
+
+
+def rescue_expired_leases(
+    conn: Connection, *, now: datetime, max_attempts: int, limit: int = 500
+) -> list[tuple[int, FaxStatus, int]]:
+    """Return rows whose worker vanished to `pending` (same key: a resend is a replay).
+
+    Each rescue counts as an attempt of unknown outcome; when that exhausts the attempts the
+    row goes to `needs_review` instead. Returns (id, new status, attempts) per rescued row.
+    """
+    result = conn.execute(
+        _RESCUE_EXPIRED, {"now": now, "max_attempts": max_attempts, "limit": limit}
+    )
+    return [(row_id, FaxStatus(status), attempts) for row_id, status, attempts in result.tuples()]
+
+
+def redispatch_waiting(conn: Connection, *, now: datetime) -> int:
+    """Make dispatched-but-unclaimed rows due now (after a pause ends, their messages were
+    consumed without effect). Returns how many rows."""
+    c = fax_outbox.c
+    result = conn.execute(
+        update(fax_outbox)
+        .where(c.status == FaxStatus.PENDING, c.dispatched_at.is_not(None))
+        .values(next_attempt_at=now, dispatched_at=None)
+    )
+    return result.rowcount
+
+
+def next_due_at(conn: Connection) -> datetime | None:
+    """When the earliest pending row becomes due (None when nothing is pending)."""
+    c = fax_outbox.c
+    earliest: datetime | None = conn.execute(
+        select(func.min(c.next_attempt_at)).where(c.status == FaxStatus.PENDING)
+    ).scalar_one()
+    return earliest
+
+
+def fax_row(conn: Connection, fax_id: int) -> Mapping[str, Any] | None:
+    """Every column of one fax but the document (for display and tests)."""
+    cols = [col for col in fax_outbox.c if col.name != "document"]
+    row = conn.execute(select(*cols).where(fax_outbox.c.id == fax_id)).one_or_none()
+    return None if row is None else dict(row._mapping)
+
+
+# --- fleet pauses ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Pause:
+    """An open (or just-ended) pause episode of the whole fleet."""
+
+    id: int
+    reason: str
+    detail: dict[str, Any]
+    started_at: datetime
+    started_by: str | None
+
+
+def open_pause(
+    conn: Connection,
+    *,
+    reason: str,
+    detail: Mapping[str, Any],
+    now: datetime,
+    started_by: str | None,
+) -> tuple[Pause, bool]:
+    """Open a pause episode for `reason`, or join the open one. Returns (pause, newly opened)."""
+    p = fleet_pauses.c
+    inserted = conn.execute(
+        insert(fleet_pauses)
+        .values(reason=reason, detail=dict(detail), started_at=now, started_by=started_by)
+        .on_conflict_do_nothing(index_elements=[p.reason], index_where=p.ended_at.is_(None))
+        .returning(p.id, p.reason, p.detail, p.started_at, p.started_by)
+    ).one_or_none()
+    if inserted is not None:
+        return Pause(*inserted), True
+    existing = conn.execute(
+        select(p.id, p.reason, p.detail, p.started_at, p.started_by).where(
+            p.reason == reason, p.ended_at.is_(None)
+        )
+    ).one()
+    return Pause(*existing), False
+
+
+def end_pauses(
+    conn: Connection, *, now: datetime, ended_by: str | None, reasons: Sequence[str] | None = None
+) -> list[Pause]:
+    """Close open pause episodes (all, or those of `reasons`); returns what was closed."""
+    p = fleet_pauses.c
+    statement = update(fleet_pauses).where(p.ended_at.is_(None))
+    if reasons is not None:
+        statement = statement.where(p.reason.in_(list(reasons)))
+    result = conn.execute(
+        statement.values(ended_at=func.greatest(now, p.started_at), ended_by=ended_by).returning(
+            p.id, p.reason, p.detail, p.started_at, p.started_by
+        )
+    )
+    return [Pause(*row) for row in result.tuples()]
+
+
+def open_pauses(conn: Connection) -> list[Pause]:
+    """Pause episodes in progress, oldest first."""
+    p = fleet_pauses.c
+    result = conn.execute(
+        select(p.id, p.reason, p.detail, p.started_at, p.started_by)
+        .where(p.ended_at.is_(None))
+        .order_by(p.started_at)
+    )
+    return [Pause(*row) for row in result.tuples()]
+
+
+# --- alerts ------------------------------------------------------------------------------------
+
+
+def insert_alert(
+    conn: Connection,
+    *,
+    kind: str,
+    dedupe_key: str,
+    severity: str,
+    message: str,
+    detail: Mapping[str, Any],
+    fax_id: int | None,
+    now: datetime,
+) -> int | None:
+    """Record an alert unless its dedupe key was already raised; the new id, or None."""
+    a = alerts.c
+    return conn.execute(
+        insert(alerts)
+        .values(
+            kind=kind,
+            dedupe_key=dedupe_key,
+            severity=severity,
+            message=message,
+            detail=dict(detail),
+            fax_id=fax_id,
+            created_at=now,
+        )
+        .on_conflict_do_nothing(index_elements=[a.dedupe_key])
+        .returning(a.id)
+    ).scalar_one_or_none()
+
+
+def alerts_to_notify(
+    conn: Connection, *, ids: Sequence[int] | None = None, limit: int = 100
+) -> list[Mapping[str, Any]]:
+    """Alerts not yet delivered to the alert webhook (given ids, or the oldest ones)."""
+    a = alerts.c
+    statement = select(alerts).where(a.notified_at.is_(None)).order_by(a.id).limit(limit)
+    if ids is not None:
+        statement = statement.where(a.id.in_(list(ids)))
+    return [dict(row._mapping) for row in conn.execute(statement)]
+
+
+def mark_alert_notified(
+    conn: Connection, alert_id: int, *, now: datetime | None, error: str | None
+) -> None:
+    """Record the outcome of delivering one alert (now=None keeps it pending for a retry)."""
+    conn.execute(
+        update(alerts).where(alerts.c.id == alert_id).values(notified_at=now, notify_error=error)
+    )
+
+
+def recent_alerts(conn: Connection, limit: int = 20) -> list[Mapping[str, Any]]:
+    """The newest alerts, newest first."""
+    a = alerts.c
+    result = conn.execute(select(alerts).order_by(a.id.desc()).limit(limit))
+    return [dict(row._mapping) for row in result]

@@ -1,0 +1,68 @@
+"""Dispatch: turn due outbox rows into submit messages, with backpressure.
+
+The relay process (`faxout relay`) calls `Dispatcher.run_once` whenever Postgres NOTIFYs an
+insert, and on a short timer for retries that have come due. Several relays may run at once:
+`FOR UPDATE SKIP LOCKED` hands each row to one of them. Messages carry only the row id; the
+submit task claims the row again, so a lost or duplicated message is harmless (invariant 1).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from sqlalchemy import Engine
+
+from outbox import repository
+from outbox.clock import Clock
+
+# A dispatched row whose message was lost becomes due again after this long.
+REDISPATCH_AFTER_SECONDS = 60.0
+
+
+@dataclass
+class Dispatcher:
+    """Claims due rows in batches and publishes their ids.
+
+    `queue_depth` reports how many messages wait in the broker; the dispatcher keeps it under
+    `max_queued` so that rows stay in Postgres (where their order and state are visible)
+    rather than piling up in Redis, and so a message never waits long enough in the queue to
+    be redispatched.
+    """
+
+    engine: Engine
+    publish: Callable[[int], None]
+    queue_depth: Callable[[], int]
+    clock: Clock
+    batch_size: int = 100
+    max_queued: int = 200
+    redispatch_after: float = REDISPATCH_AFTER_SECONDS
+
+    def run_once(self) -> int:
+        """Dispatch as many due rows as the queue has room for; returns how many."""
+        room = self.max_queued - self.queue_depth()
+        total = 0
+        while room > 0:
+            with self.engine.begin() as conn:
+                ids = repository.dispatch_due(
+                    conn,
+                    now=self.clock.now(),
+                    limit=min(room, self.batch_size),
+                    redispatch_after=self.redispatch_after,
+                )
+            # Published after commit: a message never names a row that is not yet dispatched.
+            for fax_id in ids:
+                self.publish(fax_id)
+            total += len(ids)
+            room -= len(ids)
+            if len(ids) < self.batch_size:
+                break
+        return total
+
+    def seconds_until_due(self, ceiling: float) -> float:
+        """How long until the next pending row comes due, at most `ceiling`."""
+        with self.engine.connect() as conn:
+            earliest = repository.next_due_at(conn)
+        if earliest is None:
+            return ceiling
+        return max(0.0, min(ceiling, (earliest - self.clock.now()).total_seconds()))

@@ -1,0 +1,152 @@
+"""Fleet-wide pauses: when one worker learns that nobody can send, every worker stops.
+
+A 402 (no balance), a 401/403 (bad key), an API key of the wrong environment, or an operator
+opens a pause *episode* in Postgres (the truth: the claim statement refuses to hand out rows
+while one is open). Redis holds a mirror that the hot path reads before each request, so the
+window between a pause and the last request that can still leave is one Redis round trip.
+A flushed Redis is healed by `FleetControl.sync_mirror`, which beat runs every few seconds.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import redis
+from sqlalchemy import Connection, Engine, text
+
+from outbox import repository
+from outbox.alerts import Alert, Alerter
+from outbox.clock import Clock
+from outbox.models import NOTIFY_CHANNEL, PauseReason
+from outbox.repository import Pause
+
+_MESSAGES = {
+    PauseReason.INSUFFICIENT_BALANCE: (
+        "mintfax balance is insufficient (402): the fleet is paused; top up the balance, then "
+        "run `faxout resume`"
+    ),
+    PauseReason.AUTHENTICATION_FAILED: (
+        "mintfax refused the API key (401/403): the fleet is paused; fix MINTFAX_API_KEY, then "
+        "run `faxout resume`"
+    ),
+    PauseReason.API_KEY_MISMATCH: (
+        "the mintfax API key does not match FAXOUT_ENVIRONMENT: the fleet is paused; fix the "
+        "key or the environment, then run `faxout resume`"
+    ),
+    PauseReason.OPERATOR: "an operator paused the fleet",
+}
+
+
+class PauseMirror:
+    """The Redis copy of the open pauses, read on every submission."""
+
+    def __init__(self, client: redis.Redis, key_prefix: str = "faxout") -> None:
+        self._redis = client
+        self._key = f"{key_prefix}:fleet:paused"
+
+    def is_paused(self) -> bool:
+        """True when the mirror says a pause is open."""
+        return bool(self._redis.exists(self._key))
+
+    def publish(self, pauses: Sequence[Pause]) -> None:
+        """Make the mirror equal to `pauses` (the open episodes read from Postgres)."""
+        if pauses:
+            value = json.dumps([{"id": p.id, "reason": p.reason} for p in pauses])
+            self._redis.set(self._key, value)
+        else:
+            self._redis.delete(self._key)
+
+    def reasons(self) -> list[str]:
+        """The reasons in the mirror (for status displays)."""
+        raw = self._redis.get(self._key)
+        if not raw:
+            return []
+        return [entry["reason"] for entry in json.loads(raw)]
+
+
+def pause_in_transaction(
+    conn: Connection,
+    alerter: Alerter,
+    *,
+    reason: PauseReason,
+    detail: Mapping[str, Any],
+    started_by: str | None,
+    clock: Clock,
+) -> tuple[Pause, int | None]:
+    """Open (or join) the pause episode for `reason`, alerting once per episode.
+
+    Returns the pause and the id of a new alert (None when the episode was already open).
+    """
+    now = clock.now()
+    pause, opened = repository.open_pause(
+        conn, reason=reason.value, detail=detail, now=now, started_by=started_by
+    )
+    if not opened:
+        return pause, None
+    alert_id = alerter.record(
+        conn,
+        Alert(
+            kind="fleet_paused",
+            dedupe_key=f"fleet_paused:{pause.id}",
+            message=_MESSAGES[reason],
+            severity="critical",
+            detail={"reason": reason.value, **detail},
+        ),
+        now,
+    )
+    return pause, alert_id
+
+
+class FleetControl:
+    """Pause and resume the fleet: Postgres first, then the Redis mirror, then the alert."""
+
+    def __init__(self, engine: Engine, mirror: PauseMirror, alerter: Alerter, clock: Clock) -> None:
+        self._engine = engine
+        self._mirror = mirror
+        self._alerter = alerter
+        self._clock = clock
+
+    def pause(
+        self, reason: PauseReason, *, detail: Mapping[str, Any] | None = None, by: str | None
+    ) -> Pause:
+        """Pause every worker for `reason` (idempotent per open episode)."""
+        with self._engine.begin() as conn:
+            pause, alert_id = pause_in_transaction(
+                conn,
+                self._alerter,
+                reason=reason,
+                detail=detail or {},
+                started_by=by,
+                clock=self._clock,
+            )
+        self.sync_mirror()
+        self._alerter.deliver(self._engine, [alert_id] if alert_id else [])
+        return pause
+
+    def resume(self, *, by: str | None, reasons: Sequence[str] | None = None) -> list[Pause]:
+        """End open pauses (all, or those of `reasons`) and wake the relays at once.
+
+        Rows whose messages were consumed during the pause become due now.
+        """
+        with self._engine.begin() as conn:
+            ended = repository.end_pauses(conn, now=self._clock.now(), ended_by=by, reasons=reasons)
+            still_open = repository.open_pauses(conn)
+            if ended and not still_open:
+                repository.redispatch_waiting(conn, now=self._clock.now())
+                conn.execute(text("SELECT pg_notify(:channel, '')"), {"channel": NOTIFY_CHANNEL})
+        self._mirror.publish(still_open)
+        return ended
+
+    def sync_mirror(self) -> list[Pause]:
+        """Copy the open pauses from Postgres to Redis; returns them."""
+        with self._engine.connect() as conn:
+            pauses = repository.open_pauses(conn)
+        self._mirror.publish(pauses)
+        return pauses
+
+    def open_pauses(self) -> list[Pause]:
+        """The open pause episodes, from Postgres."""
+        with self._engine.connect() as conn:
+            return repository.open_pauses(conn)

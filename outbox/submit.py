@@ -1,0 +1,413 @@
+"""Submit one outbox row to mintfax: the plain function behind the Celery submit task.
+
+    claim (lease) -> check row and key -> pause? -> throttle token -> POST /fax -> record outcome
+
+Every outcome is written in one transaction guarded by the lease: the row's new state, the
+attempt log entry, and any pause episode or alert it causes. What happens next is data on the
+row (`next_attempt_at`), never a Celery countdown (invariant 4). The idempotency key is the
+row's, on every attempt (invariant 2), so a resend after a lost response is a replay.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta
+from enum import StrEnum
+from typing import Any, Protocol
+
+from pydantic import SecretStr
+from sqlalchemy import Engine
+
+from outbox import repository
+from outbox.alerts import Alert, Alerter
+from outbox.clock import Clock
+from outbox.errors import (
+    AuthenticationFailed,
+    FaxOutboxError,
+    IdempotencyInProgress,
+    IdempotencyKeyReuse,
+    InsufficientBalance,
+    MintfaxError,
+    RateLimited,
+    RequestRejected,
+)
+from outbox.models import FaxStatus, PauseReason
+from outbox.pause import PauseMirror, pause_in_transaction
+from outbox.redaction import mask_number
+from outbox.repository import ClaimedFax
+from outbox.retry import GiveUp, RetryPolicy, decide
+from outbox.settings import Environment
+from outbox.validation import check_document, check_number, check_retries
+
+log = logging.getLogger("faxout.submit")
+
+# mintfax keeps idempotency keys for 24 h. Past that, a resend of a row whose first attempt has
+# an unknown outcome could create a second fax, so such rows are parked for a human instead.
+IDEMPOTENCY_WINDOW = timedelta(hours=24)
+IDEMPOTENCY_SAFETY_MARGIN = timedelta(minutes=30)
+
+
+class Outcome(StrEnum):
+    """What one call of `submit_fax` did."""
+
+    NOT_CLAIMED = "not_claimed"
+    SUBMITTED = "submitted"
+    RETRY_SCHEDULED = "retry_scheduled"
+    RATE_LIMITED = "rate_limited"
+    IN_PROGRESS = "in_progress"
+    THROTTLED = "throttled"
+    PAUSED = "paused"
+    REJECTED = "rejected"
+    FAILED = "failed"
+    NEEDS_REVIEW = "needs_review"
+    LEASE_LOST = "lease_lost"
+
+
+class FaxSender(Protocol):
+    """What submit needs of the mintfax client."""
+
+    def send_fax(
+        self,
+        *,
+        to: str,
+        document: bytes,
+        filename: str,
+        idempotency_key: str,
+        retries: int,
+        webhook_url: str | None = None,
+    ) -> Any: ...
+
+
+class Throttle(Protocol):
+    """What submit needs of the fleet throttle."""
+
+    def acquire(self) -> float: ...
+
+    def cooldown(self, seconds: float) -> None: ...
+
+
+@dataclass
+class SubmitContext:
+    """Everything `submit_fax` depends on, built once per worker process."""
+
+    engine: Engine
+    sender: FaxSender
+    throttle: Throttle
+    mirror: PauseMirror
+    alerter: Alerter
+    clock: Clock
+    rng: random.Random
+    api_key: Callable[[], SecretStr]
+    environment: Environment
+    worker_id: str
+    lease_seconds: float = 120.0
+    policy: RetryPolicy = field(default_factory=RetryPolicy)
+    max_inline_wait: float = 1.0
+    webhook_url: str | None = None
+    sleep: Callable[[float], None] = time.sleep
+    monotonic: Callable[[], float] = time.monotonic
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """How to record an attempt's result: the row change and its side effects."""
+
+    outcome: Outcome
+    values: dict[str, Any]
+    log_outcome: str
+    alert: Alert | None = None
+    pause: PauseReason | None = None
+    cooldown: float | None = None
+    http_status: int | None = None
+    request_id: str | None = None
+
+
+def submit_fax(ctx: SubmitContext, fax_id: int) -> Outcome:
+    """Try to hand row `fax_id` to mintfax once; safe to call any number of times per row."""
+    now = ctx.clock.now()
+    with ctx.engine.begin() as conn:
+        claimed = repository.claim_for_submit(
+            conn, fax_id, owner=ctx.worker_id, now=now, lease_seconds=ctx.lease_seconds
+        )
+    if claimed is None:
+        return Outcome.NOT_CLAIMED
+
+    plan = _precheck(ctx, claimed, now)
+    if plan is not None:
+        return _apply(ctx, claimed, plan, started=now, duration_ms=0)
+
+    if ctx.mirror.is_paused():
+        return _release(ctx, claimed, now, Outcome.PAUSED)
+    while (wait := ctx.throttle.acquire()) > 0:
+        if wait > ctx.max_inline_wait:
+            return _release(ctx, claimed, now + timedelta(seconds=wait), Outcome.THROTTLED)
+        ctx.sleep(wait)
+        if ctx.mirror.is_paused():
+            return _release(ctx, claimed, ctx.clock.now(), Outcome.PAUSED)
+
+    started, t0 = ctx.clock.now(), ctx.monotonic()
+    try:
+        result = ctx.sender.send_fax(
+            to=claimed.to_number,
+            document=claimed.document,
+            filename=claimed.filename,
+            idempotency_key=claimed.idempotency_key,
+            retries=claimed.retries,
+            webhook_url=ctx.webhook_url,
+        )
+    except MintfaxError as exc:
+        plan = plan_failure(claimed, exc, ctx.clock.now(), ctx.policy, ctx.rng)
+        plan = replace(plan, http_status=exc.status_code, request_id=exc.request_id)
+    else:
+        plan = plan_success(claimed, result, ctx.clock.now())
+    duration_ms = max(0, int((ctx.monotonic() - t0) * 1000))
+    return _apply(ctx, claimed, plan, started=started, duration_ms=duration_ms)
+
+
+def plan_success(claimed: ClaimedFax, result: Any, now: datetime) -> _Plan:
+    """mintfax accepted the fax (201, or a replay of the original 201)."""
+    return _Plan(
+        outcome=Outcome.SUBMITTED,
+        log_outcome="replayed" if getattr(result, "replayed", False) else "submitted",
+        http_status=getattr(result, "status_code", None),
+        request_id=getattr(result, "request_id", None),
+        values={
+            "status": FaxStatus.SUBMITTED,
+            "mintfax_fax_id": result.fax_id,
+            "mintfax_status": result.status,
+            "submitted_at": now,
+            "attempts": claimed.attempts + 1,
+            "last_error": None,
+            "status_reason": None,
+        },
+    )
+
+
+def plan_failure(
+    claimed: ClaimedFax,
+    error: FaxOutboxError,
+    now: datetime,
+    policy: RetryPolicy,
+    rng: random.Random,
+) -> _Plan:
+    """Decide what an error means for the row, the fleet and the operators (pure)."""
+    envelope = error.envelope() if isinstance(error, MintfaxError) else {"message": str(error)}
+    fax = f"fax {claimed.id}"
+    if isinstance(error, InsufficientBalance | AuthenticationFailed):
+        reason = (
+            PauseReason.INSUFFICIENT_BALANCE
+            if isinstance(error, InsufficientBalance)
+            else PauseReason.AUTHENTICATION_FAILED
+        )
+        return _Plan(
+            outcome=Outcome.PAUSED,
+            log_outcome="paused",
+            values=_pending(now, envelope),
+            pause=reason,
+        )
+    if isinstance(error, IdempotencyKeyReuse):
+        return _Plan(
+            outcome=Outcome.NEEDS_REVIEW,
+            log_outcome="needs_review",
+            values={
+                "status": FaxStatus.NEEDS_REVIEW,
+                "status_reason": "idempotency_key_reuse",
+                "attempts": claimed.attempts + 1,
+                "last_error": envelope,
+            },
+            alert=Alert(
+                kind="needs_review",
+                dedupe_key=f"needs_review:fax:{claimed.id}",
+                message=f"{fax}: mintfax says its idempotency key was used for another request",
+                detail={"error": envelope},
+                fax_id=claimed.id,
+            ),
+        )
+    if isinstance(error, RequestRejected):
+        return _Plan(
+            outcome=Outcome.REJECTED,
+            log_outcome="rejected",
+            values={
+                "status": FaxStatus.REJECTED,
+                "status_reason": error.error or "rejected",
+                "attempts": claimed.attempts + 1,
+                "last_error": envelope,
+                "completed_at": now,
+            },
+        )
+    decision = decide(
+        now,
+        claimed.attempts
+        + (
+            1
+            if error.retryable and not isinstance(error, RateLimited | IdempotencyInProgress)
+            else 0
+        ),
+        error,
+        policy,
+        rng,
+    )
+    if isinstance(decision, GiveUp):
+        return _Plan(
+            outcome=Outcome.FAILED,
+            log_outcome="failed",
+            values={
+                "status": FaxStatus.FAILED,
+                "status_reason": decision.reason,
+                "attempts": claimed.attempts + 1,
+                "last_error": envelope,
+                "completed_at": now,
+            },
+            alert=Alert(
+                kind="fax_failed",
+                dedupe_key=f"fax_failed:fax:{claimed.id}",
+                message=f"{fax}: gave up before mintfax accepted it ({decision.reason})",
+                detail={"reason": decision.reason, "error": envelope},
+                fax_id=claimed.id,
+            ),
+        )
+    values = _pending(decision.at, envelope)
+    if decision.consumes_attempt:
+        values["attempts"] = claimed.attempts + 1
+    if isinstance(error, RateLimited):
+        outcome, cooldown = Outcome.RATE_LIMITED, (decision.at - now).total_seconds()
+    elif isinstance(error, IdempotencyInProgress):
+        outcome, cooldown = Outcome.IN_PROGRESS, None
+    else:
+        outcome, cooldown = Outcome.RETRY_SCHEDULED, None
+    return _Plan(outcome=outcome, log_outcome=outcome.value, values=values, cooldown=cooldown)
+
+
+def _pending(at: datetime, envelope: Mapping[str, Any] | None) -> dict[str, Any]:
+    return {"status": FaxStatus.PENDING, "next_attempt_at": at, "last_error": envelope}
+
+
+def _precheck(ctx: SubmitContext, claimed: ClaimedFax, now: datetime) -> _Plan | None:
+    """Refuse, without calling mintfax, what must not be sent."""
+    if claimed.attempts > 0 and (
+        now - claimed.first_attempt_at > IDEMPOTENCY_WINDOW - IDEMPOTENCY_SAFETY_MARGIN
+    ):
+        return _Plan(
+            outcome=Outcome.NEEDS_REVIEW,
+            log_outcome="needs_review",
+            values={"status": FaxStatus.NEEDS_REVIEW, "status_reason": "idempotency_window"},
+            alert=Alert(
+                kind="needs_review",
+                dedupe_key=f"needs_review:fax:{claimed.id}",
+                message=(
+                    f"fax {claimed.id}: an earlier attempt has an unknown outcome and mintfax's "
+                    "24 h idempotency window has passed; check mintfax before resending"
+                ),
+                fax_id=claimed.id,
+                detail={"first_attempt_at": claimed.first_attempt_at.isoformat()},
+            ),
+        )
+    key_problem = api_key_problem(ctx.api_key(), ctx.environment)
+    if key_problem:
+        return _Plan(
+            outcome=Outcome.PAUSED,
+            log_outcome="paused",
+            values=_pending(now, {"kind": "ApiKeyMismatch", "message": key_problem}),
+            pause=PauseReason.API_KEY_MISMATCH,
+        )
+    _, errors = check_number(claimed.to_number, ctx.environment)
+    _, doc_errors = check_document(claimed.document, claimed.filename)
+    errors += doc_errors + check_retries(claimed.retries)
+    if not errors:
+        return None
+    return _Plan(
+        outcome=Outcome.REJECTED,
+        log_outcome="rejected_locally",
+        values={
+            "status": FaxStatus.REJECTED,
+            "status_reason": "invalid_" + errors[0].field,
+            "last_error": {
+                "kind": "ValidationFailed",
+                "message": "; ".join(str(e) for e in errors),
+                "context": {"errors": {e.field: [e.reason] for e in errors}},
+            },
+            "completed_at": now,
+        },
+    )
+
+
+def api_key_problem(key: SecretStr, environment: Environment) -> str | None:
+    """Why this key must not be used in `environment`, or None. Never includes the key."""
+    value = key.get_secret_value()
+    test = value.startswith(("fx_test_", "mfx_test_"))
+    live = value.startswith(("fx_live_", "mfx_live_"))
+    if environment == "production" and test:
+        return "FAXOUT_ENVIRONMENT=production refuses a sandbox (test) mintfax key"
+    if environment == "sandbox" and live:
+        return "FAXOUT_ENVIRONMENT=sandbox refuses a live mintfax key"
+    if not (test or live):
+        return "the mintfax API key has an unknown prefix (expected fx_test_ or fx_live_)"
+    return None
+
+
+def _release(ctx: SubmitContext, claimed: ClaimedFax, at: datetime, outcome: Outcome) -> Outcome:
+    """Give the row back without using an attempt (pause or throttle wait)."""
+    with ctx.engine.begin() as conn:
+        kept = repository.update_claimed(
+            conn,
+            claimed.id,
+            owner=ctx.worker_id,
+            values={"status": FaxStatus.PENDING, "next_attempt_at": at},
+        )
+    return outcome if kept else Outcome.LEASE_LOST
+
+
+def _apply(
+    ctx: SubmitContext, claimed: ClaimedFax, plan: _Plan, *, started: datetime, duration_ms: int
+) -> Outcome:
+    if plan.cooldown is not None:
+        # First, so that the rest of the fleet stops before this transaction even commits.
+        ctx.throttle.cooldown(plan.cooldown)
+    alert_ids: list[int] = []
+    error = plan.values.get("last_error")
+    with ctx.engine.begin() as conn:
+        kept = repository.update_claimed(conn, claimed.id, owner=ctx.worker_id, values=plan.values)
+        if kept:
+            repository.record_attempt(
+                conn,
+                fax_id=claimed.id,
+                attempt=claimed.attempts + 1,
+                worker=ctx.worker_id,
+                started_at=started,
+                finished_at=ctx.clock.now(),
+                duration_ms=duration_ms,
+                outcome=plan.log_outcome,
+                http_status=plan.http_status,
+                error=error,
+                request_id=plan.request_id,
+            )
+            if plan.pause is not None:
+                _, alert_id = pause_in_transaction(
+                    conn,
+                    ctx.alerter,
+                    reason=plan.pause,
+                    detail={"fax_id": claimed.id, "error": error or {}},
+                    started_by=ctx.worker_id,
+                    clock=ctx.clock,
+                )
+                alert_ids += [alert_id] if alert_id else []
+            if plan.alert is not None:
+                alert_id = ctx.alerter.record(conn, plan.alert)
+                alert_ids += [alert_id] if alert_id else []
+    if plan.pause is not None:
+        with ctx.engine.connect() as conn:
+            ctx.mirror.publish(repository.open_pauses(conn))
+    ctx.alerter.deliver(ctx.engine, alert_ids)
+    log.info(
+        "fax %s to %s: %s (attempt %s, %d ms)",
+        claimed.id,
+        mask_number(claimed.to_number),
+        plan.log_outcome,
+        claimed.attempts + 1,
+        duration_ms,
+    )
+    return plan.outcome if kept else Outcome.LEASE_LOST
