@@ -45,7 +45,7 @@ def insert_intents(conn: Connection, rows: Sequence[Mapping[str, Any]]) -> dict[
         result = conn.execute(statement.values(**rows[0]))
     else:
         result = conn.execute(statement, list(rows))
-    return {key: row_id for key, row_id in result.tuples()}
+    return {key: row_id for key, row_id in result}
 
 
 def intents_by_key(conn: Connection, keys: Iterable[str]) -> dict[str, StoredIntent]:
@@ -66,7 +66,7 @@ def count_by_status(conn: Connection) -> dict[FaxStatus, int]:
     """How many rows are in each status (every status present, zeros included)."""
     counts = dict.fromkeys(FaxStatus, 0)
     result = conn.execute(select(fax_outbox.c.status, func.count()).group_by(fax_outbox.c.status))
-    for status, count in result.tuples():
+    for status, count in result:
         counts[FaxStatus(status)] = count
     return counts
 
@@ -162,7 +162,7 @@ def dispatch_due(
     result = conn.execute(
         _DISPATCH_DUE, {"now": now, "limit": limit, "redispatch_after": redispatch_after}
     )
-    return [row_id for (row_id,) in result.tuples()]
+    return [row_id for (row_id,) in result]
 
 
 def claim_for_submit(
@@ -225,7 +225,7 @@ def rescue_expired_leases(
     result = conn.execute(
         _RESCUE_EXPIRED, {"now": now, "max_attempts": max_attempts, "limit": limit}
     )
-    return [(row_id, FaxStatus(status), attempts) for row_id, status, attempts in result.tuples()]
+    return [(row_id, FaxStatus(status), attempts) for row_id, status, attempts in result]
 
 
 def redispatch_waiting(conn: Connection, *, now: datetime) -> int:
@@ -309,7 +309,7 @@ def end_pauses(
             p.id, p.reason, p.detail, p.started_at, p.started_by
         )
     )
-    return [Pause(*row) for row in result.tuples()]
+    return [Pause(*row) for row in result]
 
 
 def open_pauses(conn: Connection) -> list[Pause]:
@@ -320,7 +320,7 @@ def open_pauses(conn: Connection) -> list[Pause]:
         .where(p.ended_at.is_(None))
         .order_by(p.started_at)
     )
-    return [Pause(*row) for row in result.tuples()]
+    return [Pause(*row) for row in result]
 
 
 # --- alerts ------------------------------------------------------------------------------------

@@ -141,6 +141,78 @@ def status() -> None:
     out.print(table)
 
 
+@app.command()
+def relay(
+    poll_interval: Annotated[
+        float, typer.Option(help="Longest sleep between looks for due retries (seconds).")
+    ] = 0.5,
+) -> None:
+    """Run a relay: publish due outbox rows to the workers (runs until SIGTERM/Ctrl-C)."""
+    from workers import relay as relay_process
+
+    settings = load_settings()
+    _require(settings.require_database_url, settings.require_redis_url)
+    _configure_logging()
+    relay_process.main(settings, poll_interval=poll_interval)
+
+
+@app.command()
+def pause(
+    reason: Annotated[str, typer.Option(help="Why (recorded with the pause).")] = "operator",
+) -> None:
+    """Stop the whole fleet from sending (workers finish what they hold)."""
+    from outbox.models import PauseReason
+
+    fleet = _fleet(load_settings())
+    episode = fleet.pause(PauseReason.OPERATOR, detail={"note": reason}, by=_operator())
+    out.print(f"fleet paused (episode {episode.id}, since {episode.started_at:%Y-%m-%d %H:%M:%S})")
+
+
+@app.command()
+def resume() -> None:
+    """End every open pause (402, bad key, operator) and wake the relays."""
+    fleet = _fleet(load_settings())
+    ended = fleet.resume(by=_operator())
+    if not ended:
+        out.print("fleet was not paused")
+        return
+    for episode in ended:
+        out.print(f"resumed: {episode.reason} (episode {episode.id})")
+
+
+def _fleet(settings: Settings):  # type: ignore[no-untyped-def]
+    from workers.runtime import Runtime
+
+    _require(settings.require_database_url, settings.require_redis_url)
+    return Runtime(settings).fleet
+
+
+def _require(*checks) -> None:  # type: ignore[no-untyped-def]
+    problems = []
+    for check in checks:
+        try:
+            check()
+        except ConfigurationError as exc:
+            problems.append(str(exc))
+    if problems:
+        _fail(problems)
+
+
+def _operator() -> str:
+    import getpass
+    import socket
+
+    return f"operator:{getpass.getuser()}@{socket.gethostname()}"
+
+
+def _configure_logging() -> None:
+    import logging
+
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+
+
 def main() -> None:
     """Console-script entry point."""
     try:

@@ -1,0 +1,81 @@
+"""The Celery app: `celery -A workers.app worker` and `celery -A workers.app beat`.
+
+Configured for "Postgres is the truth": messages carry only row ids, JSON only, acknowledged
+after the task ran (`acks_late`) and requeued when a worker process dies mid-task
+(`task_reject_on_worker_lost`), one message prefetched at a time. The Redis visibility timeout
+is far longer than any task, and no task ever uses a countdown or ETA (the retry schedule lives
+on the row), so Redis never redelivers a message that is still being worked on.
+Settings are read when Celery configures the app, in the worker's own process.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery import Celery, signals
+
+from outbox.settings import Settings
+from workers.runtime import QUEUE, Runtime
+
+# No task runs longer than this: HTTP timeout (<= 300 s) plus a short throttle wait.
+VISIBILITY_TIMEOUT_SECONDS = 6 * 3600
+
+app = Celery("faxout", include=["workers.tasks"])
+
+
+def configure(settings: Settings) -> None:
+    """Apply fax-outbox's Celery configuration for `settings`."""
+    app.conf.update(
+        broker_url=settings.require_redis_url(),
+        broker_connection_retry_on_startup=True,
+        broker_transport_options={
+            "visibility_timeout": VISIBILITY_TIMEOUT_SECONDS,
+            "socket_timeout": 10,
+            "socket_connect_timeout": 10,
+            "retry_on_timeout": True,
+        },
+        task_serializer="json",
+        accept_content=["json"],
+        result_serializer="json",
+        task_ignore_result=True,
+        result_backend=None,
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        task_acks_on_failure_or_timeout=True,
+        worker_prefetch_multiplier=1,
+        task_default_queue=QUEUE,
+        task_create_missing_queues=True,
+        # Task events for Flower.
+        worker_send_task_events=True,
+        task_send_sent_event=True,
+        worker_hijack_root_logger=False,
+        timezone="UTC",
+        enable_utc=True,
+        beat_schedule={
+            "rescue-expired-leases": {
+                "task": "faxout.rescue_expired_leases",
+                "schedule": 5.0,
+                "options": {"queue": QUEUE, "expires": 30},
+            },
+            "sync-pause-mirror": {
+                "task": "faxout.sync_pause_mirror",
+                "schedule": 5.0,
+                "options": {"queue": QUEUE, "expires": 30},
+            },
+            "deliver-pending-alerts": {
+                "task": "faxout.deliver_pending_alerts",
+                "schedule": 60.0,
+                "options": {"queue": QUEUE, "expires": 120},
+            },
+        },
+    )
+
+
+@app.on_configure.connect
+def _configure_from_environment(sender: Celery, **_: Any) -> None:
+    configure(Settings.from_env())
+
+
+@signals.worker_process_shutdown.connect
+def _close_runtime(**_: Any) -> None:
+    Runtime.close()

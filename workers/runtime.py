@@ -1,0 +1,149 @@
+"""Builds the long-lived objects of one worker process from `Settings`, once, after fork.
+
+Celery's prefork pool forks child processes; database engines, HTTP clients and Redis
+connections must be created in the child, not inherited. `Runtime.get()` builds them lazily on
+first use in each process and `Runtime.close()` releases them at process shutdown.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import socket
+import threading
+from dataclasses import dataclass
+from functools import cached_property
+
+import redis
+from sqlalchemy import Engine
+
+from outbox.alerts import Alerter
+from outbox.clock import SystemClock
+from outbox.db import make_engine
+from outbox.dispatch import Dispatcher
+from outbox.fax_client import MintfaxClient
+from outbox.pause import FleetControl, PauseMirror
+from outbox.rescuer import LeaseRescuer
+from outbox.retry import RetryPolicy
+from outbox.settings import Settings
+from outbox.submit import SubmitContext
+from outbox.throttle import FleetThrottle
+
+QUEUE = "faxout"
+SUBMIT_TASK = "faxout.submit_fax"
+
+
+def worker_identity() -> str:
+    """host:pid, unique per process across the fleet; used as lease owner."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+@dataclass
+class Runtime:
+    """The objects one process needs, built from settings on first use."""
+
+    settings: Settings
+
+    _lock = threading.Lock()
+    _instance: Runtime | None = None
+    _pid: int | None = None
+
+    @classmethod
+    def get(cls) -> Runtime:
+        """This process's runtime (rebuilt after a fork)."""
+        with cls._lock:
+            if cls._instance is None or cls._pid != os.getpid():
+                cls._instance = cls(Settings.from_env())
+                cls._pid = os.getpid()
+            return cls._instance
+
+    @classmethod
+    def close(cls) -> None:
+        """Release this process's connections (at worker process shutdown)."""
+        with cls._lock:
+            instance, cls._instance = cls._instance, None
+        if instance is not None and cls._pid == os.getpid():
+            instance.dispose()
+
+    def dispose(self) -> None:
+        if "engine" in self.__dict__:
+            self.engine.dispose()
+        if "client" in self.__dict__:
+            self.client.close()
+        if "redis" in self.__dict__:
+            self.redis.close()
+
+    @cached_property
+    def clock(self) -> SystemClock:
+        return SystemClock()
+
+    @cached_property
+    def engine(self) -> Engine:
+        return make_engine(self.settings.require_database_url(), pool_size=2, max_overflow=2)
+
+    @cached_property
+    def redis(self) -> redis.Redis:
+        return redis.Redis.from_url(
+            self.settings.require_redis_url(), socket_timeout=5, health_check_interval=30
+        )
+
+    @cached_property
+    def client(self) -> MintfaxClient:
+        return MintfaxClient(
+            self.settings.mintfax_base_url,
+            self.settings.api_key,
+            timeout=self.settings.http_timeout_seconds,
+        )
+
+    @cached_property
+    def throttle(self) -> FleetThrottle:
+        return FleetThrottle(self.redis, self.settings.rate_limit_per_minute)
+
+    @cached_property
+    def mirror(self) -> PauseMirror:
+        return PauseMirror(self.redis)
+
+    @cached_property
+    def alerter(self) -> Alerter:
+        return Alerter(self.clock, self.settings.alert_webhook_url)
+
+    @cached_property
+    def fleet(self) -> FleetControl:
+        return FleetControl(self.engine, self.mirror, self.alerter, self.clock)
+
+    @cached_property
+    def rescuer(self) -> LeaseRescuer:
+        return LeaseRescuer(
+            self.engine, self.alerter, self.clock, max_attempts=self.settings.max_submit_attempts
+        )
+
+    @cached_property
+    def submit_context(self) -> SubmitContext:
+        return SubmitContext(
+            engine=self.engine,
+            sender=self.client,
+            throttle=self.throttle,
+            mirror=self.mirror,
+            alerter=self.alerter,
+            clock=self.clock,
+            rng=random.Random(),
+            api_key=self.settings.api_key,
+            environment=self.settings.environment,
+            worker_id=worker_identity(),
+            lease_seconds=self.settings.lease_seconds,
+            policy=RetryPolicy(max_attempts=self.settings.max_submit_attempts),
+        )
+
+    def dispatcher(self) -> Dispatcher:
+        """A dispatcher publishing submit messages through the Celery app."""
+        from workers.app import app  # the relay is the only non-worker user of the app
+
+        broker = self.redis
+
+        def send(fax_id: int) -> None:
+            app.send_task(SUBMIT_TASK, args=[fax_id], queue=QUEUE)
+
+        def depth() -> int:
+            return int(broker.llen(QUEUE))
+
+        return Dispatcher(engine=self.engine, publish=send, queue_depth=depth, clock=self.clock)

@@ -1,0 +1,202 @@
+"""Run the whole fleet as real processes: sandbox, relays, Celery workers, beat, Flower.
+
+Used by `faxout demo` and by the acceptance tests, so that both exercise exactly what an
+operator runs. Each process logs to its own file; stopping is graceful (SIGTERM, then SIGKILL
+after a grace period).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+from workers.embedded import free_port
+from workers.runtime import QUEUE
+
+
+class StackError(RuntimeError):
+    """A process of the stack failed to start or died."""
+
+
+@dataclass
+class Stack:
+    """A set of child processes sharing one environment (the fleet's settings)."""
+
+    env: dict[str, str]
+    log_dir: Path
+    processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+
+    def _spawn(self, name: str, argv: list[str], env: Mapping[str, str] | None = None) -> None:
+        if name in self.processes and self.processes[name].poll() is None:
+            raise StackError(f"{name} is already running")
+        log = (self.log_dir / f"{name}.log").open("ab")
+        self.processes[name] = subprocess.Popen(
+            argv,
+            env={**self.env, **(env or {})},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        log.close()
+
+    def log_text(self, name: str) -> str:
+        """What process `name` has logged so far."""
+        path = self.log_dir / f"{name}.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def start_sandbox(self, *args: str, port: int | None = None) -> str:
+        """Start the mintfax simulator; returns its base URL including /v1."""
+        port = port or free_port()
+        self._spawn(
+            "sandbox",
+            [sys.executable, "-m", "workers.cli", "sandbox", "--port", str(port), *args],
+        )
+        base = f"http://127.0.0.1:{port}"
+        self._wait_http(f"{base}/sandbox/stats", "sandbox")
+        return f"{base}/v1"
+
+    def start_relay(self, name: str = "relay") -> None:
+        """Start a relay process."""
+        self._spawn(name, [sys.executable, "-m", "workers.cli", "relay"])
+
+    def start_worker(self, name: str = "worker", concurrency: int = 2) -> None:
+        """Start a Celery worker (prefork pool of `concurrency` processes)."""
+        self._spawn(
+            name,
+            [
+                sys.executable,
+                "-m",
+                "celery",
+                "-A",
+                "workers.app",
+                "worker",
+                "-Q",
+                QUEUE,
+                "-c",
+                str(concurrency),
+                "-P",
+                "prefork",
+                "-n",
+                f"{name}@%h",
+                "--without-gossip",
+                "--without-mingle",
+                "--loglevel",
+                "INFO",
+            ],
+        )
+
+    def start_beat(self) -> None:
+        """Start Celery beat (maintenance schedule)."""
+        self._spawn(
+            "beat",
+            [
+                sys.executable,
+                "-m",
+                "celery",
+                "-A",
+                "workers.app",
+                "beat",
+                "--schedule",
+                str(self.log_dir / "beat-schedule"),
+                "--loglevel",
+                "INFO",
+            ],
+        )
+
+    def start_flower(self, port: int | None = None) -> str:
+        """Start Flower; returns its address."""
+        port = port or free_port()
+        self._spawn(
+            "flower",
+            [
+                sys.executable,
+                "-m",
+                "celery",
+                "-A",
+                "workers.app",
+                "flower",
+                f"--port={port}",
+                "--address=127.0.0.1",
+            ],
+        )
+        url = f"http://127.0.0.1:{port}"
+        self._wait_http(f"{url}/healthcheck", "flower", timeout=30)
+        return url
+
+    def wait_for_worker_ready(self, name: str, timeout: float = 30) -> None:
+        """Block until Celery worker `name` logs that it is ready."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if "ready." in self.log_text(name):
+                return
+            self._check_alive(name)
+            time.sleep(0.1)
+        raise StackError(f"{name} not ready after {timeout:.0f}s:\n{self.log_text(name)[-2000:]}")
+
+    def signal(self, name: str, signum: int) -> None:
+        """Send `signum` to process `name` (the whole process group for Celery's children)."""
+        process = self.processes[name]
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signum)
+
+    def kill_child_of(self, name: str) -> int:
+        """SIGKILL one pool child of Celery worker `name` (a crash mid-task); returns its pid."""
+        parent = self.processes[name].pid
+        children = Path(f"/proc/{parent}/task/{parent}/children").read_text().split()
+        if not children:
+            raise StackError(f"{name} has no child processes")
+        pid = int(children[0])
+        os.kill(pid, signal.SIGKILL)
+        return pid
+
+    def stop(self, name: str, grace: float = 20.0) -> int | None:
+        """SIGTERM process `name` and wait (SIGKILL after `grace`); returns its exit code."""
+        process = self.processes.get(name)
+        if process is None:
+            return None
+        if process.poll() is None:
+            self.signal(name, signal.SIGTERM)
+            try:
+                process.wait(timeout=grace)
+            except subprocess.TimeoutExpired:
+                self.signal(name, signal.SIGKILL)
+                process.wait(timeout=10)
+        return process.returncode
+
+    def stop_all(self, grace: float = 20.0) -> None:
+        """Stop everything, producers first (relays), the sandbox last."""
+        order = sorted(self.processes, key=lambda n: (n == "sandbox", not n.startswith("relay")))
+        for name in order:
+            self.stop(name, grace)
+
+    def _check_alive(self, name: str) -> None:
+        process = self.processes[name]
+        if process.poll() is not None:
+            raise StackError(
+                f"{name} exited with {process.returncode}:\n{self.log_text(name)[-2000:]}"
+            )
+
+    def _wait_http(self, url: str, name: str, timeout: float = 20) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            self._check_alive(name)
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(url, timeout=1).status_code < 500:
+                    return
+            time.sleep(0.05)
+        raise StackError(f"{name} did not answer at {url} within {timeout:.0f}s")
+
+    def __enter__(self) -> Stack:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop_all()
