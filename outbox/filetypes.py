@@ -45,7 +45,29 @@ _COMPATIBLE_NAMES: dict[FileType, frozenset[FileType]] = {
     FileType.HTML: frozenset({FileType.HTML, FileType.TXT}),
 }
 
-_HTML_MARKERS = (b"<!doctype html", b"<html", b"<head", b"<body", b"<!--")
+# The WHATWG MIME Sniffing Standard's HTML patterns (section 7.1): after leading whitespace, one
+# of these, then a tag-terminating byte (space or ">"). Fragments such as "<p>Hello" count as
+# HTML, as browsers (and HTML-to-fax renderers) treat them.
+_HTML_TAGS = (
+    b"<!doctype html",
+    b"<html",
+    b"<head",
+    b"<script",
+    b"<iframe",
+    b"<h1",
+    b"<div",
+    b"<font",
+    b"<table",
+    b"<a",
+    b"<style",
+    b"<title",
+    b"<b",
+    b"<body",
+    b"<br",
+    b"<p",
+    b"<!--",
+)
+_TAG_TERMINATORS = frozenset(b" \t\n\f\r>")
 _TEXT_SNIFF_BYTES = 64 * 1024
 
 
@@ -92,10 +114,19 @@ def _sniff_text(document: bytes) -> FileType | None:
         text = head[: exc.start].decode("utf-8")
     if any(ord(ch) < 32 and ch not in "\t\n\r\f\v\x1b" for ch in text):
         return None
-    start = text.lstrip("\ufeff \t\r\n").lower().encode("utf-8")
-    if start.startswith(_HTML_MARKERS):
+    start = text.lstrip("\ufeff \t\r\n\f").lower().encode("utf-8")
+    if _looks_like_html(start):
         return FileType.HTML
     return FileType.TXT
+
+
+def _looks_like_html(start: bytes) -> bool:
+    if start.startswith(b"<!--"):
+        return True
+    for tag in _HTML_TAGS:
+        if start.startswith(tag) and len(start) > len(tag) and start[len(tag)] in _TAG_TERMINATORS:
+            return True
+    return False
 
 
 def type_for_name(filename: str) -> FileType | None:

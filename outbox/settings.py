@@ -9,12 +9,18 @@ reprs, logs and tracebacks (invariant 7).
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic_settings import (
+    BaseSettings,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
 
 from outbox.errors import ConfigurationError
 
@@ -50,9 +56,7 @@ class Settings(BaseSettings):
     redis_url: str | None = Field(default=None, validation_alias="REDIS_URL")
 
     mintfax_api_key: SecretStr | None = Field(default=None, validation_alias="MINTFAX_API_KEY")
-    mintfax_api_key_file: Path | None = Field(
-        default=None, validation_alias="MINTFAX_API_KEY_FILE"
-    )
+    mintfax_api_key_file: Path | None = Field(default=None, validation_alias="MINTFAX_API_KEY_FILE")
     mintfax_base_url: str = Field(
         default=DEFAULT_MINTFAX_BASE_URL, validation_alias="MINTFAX_BASE_URL"
     )
@@ -66,9 +70,7 @@ class Settings(BaseSettings):
     rate_limit_per_minute: int = Field(
         default=60, ge=1, le=100_000, validation_alias="FAXOUT_RATE_LIMIT_PER_MINUTE"
     )
-    alert_webhook_url: str | None = Field(
-        default=None, validation_alias="FAXOUT_ALERT_WEBHOOK_URL"
-    )
+    alert_webhook_url: str | None = Field(default=None, validation_alias="FAXOUT_ALERT_WEBHOOK_URL")
     lease_seconds: int = Field(default=120, ge=5, le=3600, validation_alias="FAXOUT_LEASE_SECONDS")
     http_timeout_seconds: float = Field(
         default=30.0, gt=0, le=300, validation_alias="FAXOUT_HTTP_TIMEOUT_SECONDS"
@@ -76,6 +78,23 @@ class Settings(BaseSettings):
     max_submit_attempts: int = Field(
         default=5, ge=1, le=20, validation_alias="FAXOUT_MAX_SUBMIT_ATTEMPTS"
     )
+    # Redis redelivers an unacknowledged message after this long; it must exceed any task.
+    broker_visibility_timeout: int = Field(
+        default=6 * 3600, ge=1, validation_alias="FAXOUT_BROKER_VISIBILITY_TIMEOUT"
+    )
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # `from_env` is the one reader of the environment; pydantic-settings' own env source
+        # would otherwise overlay os.environ on the mapping a test (or a process) passed in.
+        return (init_settings,)
 
     @field_validator("mintfax_webhook_secrets", mode="before")
     @classmethod
@@ -89,6 +108,15 @@ class Settings(BaseSettings):
         if self.mintfax_api_key is not None and self.mintfax_api_key_file is not None:
             raise ValueError("set MINTFAX_API_KEY or MINTFAX_API_KEY_FILE, not both")
         return self
+
+    def __repr_args__(self) -> Iterator[tuple[str | None, Any]]:
+        # URLs carry credentials too (postgresql://user:password@host, redis://:password@host,
+        # a chat webhook's token in its path): print them with the secret parts masked.
+        for name, value in super().__repr_args__():
+            if isinstance(value, str) and name in _MASKED_URL_FIELDS:
+                yield name, _MASKED_URL_FIELDS[name](value)
+            else:
+                yield name, value
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -145,6 +173,32 @@ class Settings(BaseSettings):
         if self.mintfax_api_key is None:
             raise ConfigurationError("MINTFAX_API_KEY", "is not set (nor MINTFAX_API_KEY_FILE)")
         return self.mintfax_api_key
+
+
+def mask_url_password(url: str) -> str:
+    """`url` with the password of its user info replaced by `***` (for logs and reprs)."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    user = parts.username or ""
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+
+
+def mask_url_path(url: str) -> str:
+    """Only the scheme and host of `url`: webhook URLs often carry their token in the path."""
+    parts = urlsplit(url)
+    if not parts.scheme or not parts.netloc:
+        return "***"
+    host = parts.netloc.rpartition("@")[2]
+    return f"{parts.scheme}://{host}/***"
+
+
+_MASKED_URL_FIELDS: dict[str, Callable[[str], str]] = {
+    "database_url": mask_url_password,
+    "redis_url": mask_url_password,
+    "alert_webhook_url": mask_url_path,
+}
 
 
 def _describe_validation_error(exc: ValueError) -> str:

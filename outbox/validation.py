@@ -28,6 +28,10 @@ E164_PATTERN = re.compile(r"^\+[1-9][0-9]{1,14}$")
 MAGIC_NUMBER = re.compile(r"^\+1500555[0-9]{4}$")
 # North American fictional numbers: NXX-555-01XX, and the whole 555 area code.
 FICTIONAL_NUMBER = re.compile(r"^\+1(?:[2-9][0-9]{2}55501[0-9]{2}|555[0-9]{7})$")
+# What a typed number may hold besides its digits. Letters are refused rather than read as a
+# keypad ("5OOO" with the letter O would silently become 5666), and so are extensions, which
+# E.164 cannot carry and a fax machine cannot dial.
+_NUMBER_CHARS = re.compile(r"\+[0-9 ()./-]+")
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,18 +53,22 @@ def check_number(to: str, environment: Environment) -> tuple[str | None, list[Fi
     raw = to.strip()
     if not raw.startswith("+"):
         return None, [FieldError("to", "must be in international E.164 form, starting with +")]
+    if not _NUMBER_CHARS.fullmatch(raw):
+        return None, [
+            FieldError("to", "may hold only digits, spaces and ()-./ after the + (no letters)")
+        ]
     try:
         parsed = phonenumbers.parse(raw, None)
     except phonenumbers.NumberParseException:
         return None, [FieldError("to", "is not a phone number")]
     number = phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164)
-    if not E164_PATTERN.match(number):
+    if not E164_PATTERN.fullmatch(number):
         return None, [FieldError("to", "is not a valid E.164 number")]
-    if MAGIC_NUMBER.match(number):
+    if MAGIC_NUMBER.fullmatch(number):
         if environment == "production":
             return None, [FieldError("to", "is a sandbox test number; refused in production")]
         return number, []
-    if FICTIONAL_NUMBER.match(number):
+    if FICTIONAL_NUMBER.fullmatch(number):
         if environment == "production":
             return None, [FieldError("to", "is a fictional 555 number; refused in production")]
         return number, []
@@ -111,6 +119,8 @@ def check_filename(filename: str) -> list[FieldError]:
         return [FieldError("filename", f"is longer than {MAX_FILENAME_CHARS} characters")]
     if "/" in filename or "\\" in filename or any(ord(c) < 32 for c in filename):
         return [FieldError("filename", "must be a plain file name (no path, no control chars)")]
+    if not _is_unicode_text(filename):
+        return [FieldError("filename", "must be valid Unicode text")]
     return []
 
 
@@ -122,7 +132,18 @@ def check_reference(reference: str) -> list[FieldError]:
         return [FieldError("reference", f"is longer than {MAX_REFERENCE_CHARS} characters")]
     if "\x00" in reference:
         return [FieldError("reference", "must not contain NUL characters")]
+    if not _is_unicode_text(reference):
+        return [FieldError("reference", "must be valid Unicode text")]
     return []
+
+
+def _is_unicode_text(value: str) -> bool:
+    # Lone surrogates survive in Python strings but cannot be stored, hashed or sent as UTF-8.
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def check_retries(retries: int) -> list[FieldError]:
@@ -166,7 +187,8 @@ def validate_intent(
     errors += check_idempotency_key(idempotency_key)
     if errors:
         raise ValidationFailed(errors)
-    assert number is not None and file_type is not None
+    assert number is not None
+    assert file_type is not None
     return ValidIntent(
         to_number=number,
         document=bytes(document),
