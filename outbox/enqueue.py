@@ -19,7 +19,13 @@ from sqlalchemy.orm import Session
 
 from outbox import repository
 from outbox.db import as_connection
-from outbox.errors import ConfigurationError, FieldError, IdempotencyConflict, ValidationFailed
+from outbox.errors import (
+    ConfigurationError,
+    FaxOutboxError,
+    FieldError,
+    IdempotencyConflict,
+    ValidationFailed,
+)
 from outbox.keys import derive_idempotency_key, document_sha256
 from outbox.settings import Environment
 from outbox.validation import ValidIntent, validate_intent
@@ -97,51 +103,103 @@ def enqueue_faxes(
     env = environment or _environment_from_env()
     prepared = _prepare_all(list(intents), env)
     conn = as_connection(conn_or_session)
+    if not prepared:
+        return []
 
-    new_rows: dict[str, dict[str, Any]] = {}
-    for row in prepared:
-        new_rows.setdefault(row["idempotency_key"], row)
-    created = repository.insert_intents(conn, list(new_rows.values()))
-    existing_keys = [key for key in new_rows if key not in created]
-    existing = repository.intents_by_key(conn, existing_keys)
+    unique_rows: dict[str, dict[str, Any]] = {}
+    # Keys in sorted order: two batches that share keys then take the unique index's locks in
+    # the same order, and wait for each other instead of deadlocking.
+    for row in sorted(prepared, key=lambda r: str(r["idempotency_key"])):
+        unique_rows.setdefault(row["idempotency_key"], row)
+    if len(unique_rows) == 1:
+        # One row is written entirely or not at all: no savepoint, no extra round trips.
+        ids = _write(conn, unique_rows)
+    else:
+        # A conflict found after some rows of the batch went in must leave none of them behind
+        # in the caller's transaction (invariant 8), so the batch runs inside a savepoint.
+        savepoint = conn.begin_nested()
+        try:
+            ids = _write(conn, unique_rows)
+        except BaseException:
+            savepoint.rollback()
+            raise
+        savepoint.commit()
 
     results: list[EnqueueResult] = []
     seen: set[str] = set()
     for row in prepared:
         key = row["idempotency_key"]
-        if key in created:
-            results.append(EnqueueResult(created[key], key, created=key not in seen))
-        else:
-            stored = existing.get(key)
-            if stored is None:  # the other writer rolled back after we looked; rare
-                raise ValidationFailed(
-                    [FieldError("idempotency_key", "was taken concurrently; retry")]
-                )
-            if (stored.to_number, stored.document_sha256, stored.reference) != (
-                row["to_number"],
-                row["document_sha256"],
-                row["reference"],
-            ):
-                raise IdempotencyConflict(key, stored.id)
-            results.append(EnqueueResult(stored.id, key, created=False))
+        row_id, created = ids[key]
+        results.append(EnqueueResult(row_id, key, created=created and key not in seen))
         seen.add(key)
     return results
 
 
+# A key can vanish between our insert (which skipped it) and our read only if its row was
+# inserted by a transaction that then rolled back, or deleted at once; try again a few times.
+_WRITE_ROUNDS = 3
+
+
+def _write(conn: Connection, rows: dict[str, dict[str, Any]]) -> dict[str, tuple[int, bool]]:
+    """Insert the new rows and resolve the rest; {key: (id, created)}."""
+    ids: dict[str, tuple[int, bool]] = {}
+    pending = rows
+    for _ in range(_WRITE_ROUNDS):
+        created = repository.insert_intents(conn, list(pending.values()))
+        ids.update((key, (row_id, True)) for key, row_id in created.items())
+        existing = repository.intents_by_key(conn, [k for k in pending if k not in created])
+        for key, stored in existing.items():
+            row = pending[key]
+            if (stored.to_number, stored.document_sha256, stored.reference) != _identity(row):
+                raise IdempotencyConflict(key, stored.id)
+            ids[key] = (stored.id, False)
+        pending = {key: row for key, row in pending.items() if key not in ids}
+        if not pending:
+            return ids
+    raise FaxOutboxError(  # pragma: no cover - needs a writer that keeps rolling back
+        "idempotency_key: the row holding this key kept disappearing; try again"
+    )
+
+
 def _prepare_all(intents: Sequence[FaxIntent], env: Environment) -> list[dict[str, Any]]:
-    rows: list[dict[str, Any]] = []
+    rows: dict[int, dict[str, Any]] = {}
     errors: list[FieldError] = []
     indexed = len(intents) > 1
     for index, intent in enumerate(intents):
         try:
-            rows.append(_prepare(intent, env))
+            rows[index] = _prepare(intent, env)
         except ValidationFailed as exc:
             errors.extend(
                 FieldError(e.field, e.reason, index if indexed else None) for e in exc.errors
             )
+    errors.extend(_batch_conflicts(rows, indexed))
     if errors:
+        errors.sort(key=lambda e: -1 if e.index is None else e.index)
         raise ValidationFailed(errors)
-    return rows
+    return list(rows.values())
+
+
+def _batch_conflicts(rows: Mapping[int, dict[str, Any]], indexed: bool) -> list[FieldError]:
+    """One key given to two different intents of the same batch is bad input, not a duplicate."""
+    first_seen: dict[str, int] = {}
+    errors: list[FieldError] = []
+    for index, row in rows.items():
+        key = row["idempotency_key"]
+        first = first_seen.setdefault(key, index)
+        if first != index and _identity(rows[first]) != _identity(row):
+            errors.append(
+                FieldError(
+                    "idempotency_key",
+                    f"is also the key of intent [{first}], which has a different recipient, "
+                    "document or reference",
+                    index if indexed else None,
+                )
+            )
+    return errors
+
+
+def _identity(row: Mapping[str, Any]) -> tuple[str, str, str]:
+    return row["to_number"], row["document_sha256"], row["reference"]
 
 
 def _prepare(intent: FaxIntent, env: Environment) -> dict[str, Any]:
@@ -158,7 +216,9 @@ def _prepare(intent: FaxIntent, env: Environment) -> dict[str, Any]:
             idempotency_key=intent.idempotency_key,
         )
     except ValidationFailed as exc:
-        raise ValidationFailed(load_errors + exc.errors + metadata_errors) from None
+        # An unreadable path was already reported; "document is empty" would only mislead.
+        found = [e for e in exc.errors if not (load_errors and e.field == "document")]
+        raise ValidationFailed(load_errors + found + metadata_errors) from None
     if load_errors or metadata_errors:
         raise ValidationFailed(load_errors + metadata_errors)
     fingerprint = document_sha256(valid.document)
@@ -188,9 +248,11 @@ def _load_document(
         try:
             data = path.read_bytes()
         except OSError as exc:
-            return b"", filename or path.name, [
-                FieldError("document", f"cannot read {path.name!r}: {exc.strerror}")
-            ]
+            return (
+                b"",
+                filename or path.name,
+                [FieldError("document", f"cannot read {path.name!r}: {exc.strerror}")],
+            )
         return data, filename or path.name, []
     return b"", filename or "", [FieldError("document", "must be bytes or a path")]
 
@@ -201,9 +263,12 @@ def _check_metadata(metadata: Mapping[str, Any] | None) -> tuple[dict[str, Any],
     if not isinstance(metadata, Mapping):
         return {}, [FieldError("metadata", "must be a JSON object (a mapping)")]
     try:
-        encoded = json.dumps(dict(metadata))
+        # NaN and Infinity are not JSON; Postgres jsonb refuses them, and NUL escapes too.
+        encoded = json.dumps(dict(metadata), allow_nan=False)
     except (TypeError, ValueError) as exc:
         return {}, [FieldError("metadata", f"is not JSON-serialisable ({exc})")]
+    if "\\u0000" in encoded:
+        return {}, [FieldError("metadata", "must not contain NUL characters")]
     if len(encoded) > MAX_METADATA_BYTES:
         return {}, [FieldError("metadata", "is larger than 64 KB as JSON")]
     return dict(metadata), []
