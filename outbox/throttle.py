@@ -1,0 +1,279 @@
+"""One rate limit for the whole fleet, decided atomically in Redis (invariant 5).
+
+Every worker on every host asks the same Redis script before it calls mintfax. The script reads
+Redis's own clock (`TIME`), never the worker's, so hosts with skewed clocks still share one
+schedule, and the whole decision (cooldown check, token check, token take) is one atomic step.
+
+Algorithm: GCRA, the Generic Cell Rate Algorithm (a token bucket written as one timestamp).
+Redis keeps only the "theoretical arrival time" `tat` of the next request. With emission interval
+`T` and burst `B`, a request at time `now` is allowed iff `now >= tat - (B - 1) * T`, and an
+allowed request moves `tat` to `max(tat, now) + T`. It needs no refill loop and one key, and the
+time until the next token is simply `tat - (B - 1) * T - now`.
+
+Sizing for a sliding window: mintfax counts requests in a sliding 60 s window (a token bucket
+sized naively at `limit / 60` per second can put `burst + limit` requests into one window). GCRA
+with tolerance `tau` grants at most `1 + floor((W + tau) / T)` requests in any window of length
+`W`. We use `tau = (B - 1) * T + slack` and pick the smallest `T` (in whole microseconds) with
+
+    B + floor((60 + margin + slack) / T) <= limit,
+    i.e.  T > (60 + margin + slack) / (limit - B + 1),
+
+so even a window stretched by `margin` seconds (latency differences between the grant in Redis
+and the request's arrival at mintfax) never holds more than `limit` requests. `slack` lets a
+worker arrive a little late for its token (it slept, its Redis round trip took a while) without
+the fleet losing that token for good, which with `B = 1` and no slack would happen on nearly
+every grant. The price of both is throughput: the sustained rate is
+`(limit - B + 1) / (60 + margin + slack)` per second, 98.3 % of the limit with the defaults
+(`B = 1`, `margin = 1 s`, `slack = 50 ms`). Each extra unit of burst costs one request per
+minute of sustained rate, which is why the default burst is 1.
+
+Cooldown: a 429 (and its `Retry-After`) pauses the whole fleet, not the worker that saw it.
+`cooldown(seconds)` stores the end of the pause; every `acquire()` answers with the time left
+until then and takes no token. A longer pause already in place is never shortened.
+
+Redis state is disposable (invariant 1): both keys expire shortly after they stop mattering, and
+a flushed Redis simply starts from an idle bucket (at most one extra burst) with no cooldown.
+The script is loaded with `register_script`, so after `SCRIPT FLUSH` or a Redis restart the next
+call reloads it transparently. Redis errors (`redis.exceptions.RedisError`) propagate: a worker
+that cannot reach Redis cannot reach its Celery broker either.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal
+
+import redis
+
+WINDOW_SECONDS = 60.0
+DEFAULT_MARGIN_SECONDS = 1.0
+DEFAULT_SLACK_SECONDS = 0.05
+# A cooldown longer than a day is a mistake (Retry-After is already clamped to an hour).
+MAX_COOLDOWN_SECONDS = 86_400.0
+_US = 1_000_000
+
+# KEYS[1] tat (µs), KEYS[2] cooldown end (µs).
+# ARGV[1] op: "acquire" | "cooldown" | "peek"; ARGV[2] T (µs); ARGV[3] burst tolerance (µs);
+# ARGV[4] cooldown length (µs); ARGV[5] now (µs) from a test clock, "" for Redis TIME.
+# Returns {outcome, cooldown_left, wait, now, tat}, all integers (µs);
+# outcome 0 = granted, 1 = cooldown, 2 = throttled, 3 = nothing taken (peek / cooldown).
+_SCRIPT = """
+pcall(redis.replicate_commands)
+local now
+if ARGV[5] ~= '' then
+  now = tonumber(ARGV[5])
+else
+  local t = redis.call('TIME')
+  now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+end
+local interval = tonumber(ARGV[2])
+local tolerance = tonumber(ARGV[3])
+
+local cooldown_end = tonumber(redis.call('GET', KEYS[2]) or '0')
+if ARGV[1] == 'cooldown' then
+  local wanted = now + tonumber(ARGV[4])
+  if wanted > cooldown_end then
+    cooldown_end = wanted
+    redis.call('SET', KEYS[2], string.format('%.0f', wanted),
+               'PX', math.ceil((wanted - now) / 1000) + 1000)
+  end
+end
+local cooldown_left = math.max(cooldown_end - now, 0)
+
+local tat = math.max(tonumber(redis.call('GET', KEYS[1]) or '0'), now)
+local wait = math.max(tat - tolerance - now, 0)
+
+if ARGV[1] ~= 'acquire' then
+  return {3, cooldown_left, wait, now, tat}
+end
+if cooldown_left > 0 then
+  return {1, cooldown_left, wait, now, tat}
+end
+if wait > 0 then
+  return {2, cooldown_left, wait, now, tat}
+end
+tat = tat + interval
+redis.call('SET', KEYS[1], string.format('%.0f', tat), 'PX', math.ceil((tat - now) / 1000) + 1000)
+return {0, 0, 0, now, tat}
+"""
+
+_OUTCOMES: dict[int, Literal["granted", "cooldown", "throttled"]] = {
+    0: "granted",
+    1: "cooldown",
+    2: "throttled",
+}
+
+
+def emission_interval_us(
+    limit_per_minute: int,
+    burst: int = 1,
+    margin_seconds: float = DEFAULT_MARGIN_SECONDS,
+    slack_seconds: float = DEFAULT_SLACK_SECONDS,
+) -> int:
+    """The GCRA emission interval, in whole microseconds, for mintfax's sliding 60 s window.
+
+    The smallest `T` with `burst + floor((60 + margin + slack) / T) <= limit_per_minute`, so
+    no window of up to `60 + margin` seconds ever holds more than the limit, even with the
+    `slack` tolerance added to the burst (see the module docstring).
+    """
+    if limit_per_minute < 1:
+        raise ValueError(f"limit_per_minute must be >= 1, got {limit_per_minute}")
+    if not 1 <= burst <= limit_per_minute:
+        raise ValueError(f"burst must be within 1..limit_per_minute, got {burst}")
+    for name, value in (("margin_seconds", margin_seconds), ("slack_seconds", slack_seconds)):
+        if not (math.isfinite(value) and value >= 0):
+            raise ValueError(f"{name} must be >= 0, got {value}")
+    stretched_window_us = round((WINDOW_SECONDS + margin_seconds) * _US) + round(
+        slack_seconds * _US
+    )
+    # Strictly greater than window / (limit - burst + 1): floor() must stay below that count.
+    return stretched_window_us // (limit_per_minute - burst + 1) + 1
+
+
+@dataclass(frozen=True, slots=True)
+class ThrottleDecision:
+    """The answer to one `try_acquire()`: a token, or how long to wait and why."""
+
+    granted: bool
+    wait_seconds: float  # 0.0 when granted, > 0 otherwise
+    reason: Literal["granted", "cooldown", "throttled"]
+    redis_time: float  # the Redis clock at the decision, Unix seconds
+
+
+class FleetThrottle:
+    """The fleet-wide mintfax rate limit plus the fleet-wide 429 cooldown, kept in Redis.
+
+    Safe to share between threads (it holds only configuration and a redis-py client); every
+    process and host that uses the same Redis and `key_prefix` shares one limit.
+
+    `time_source` is for tests and simulations only: it replaces Redis `TIME` with the given
+    clock (Unix seconds), so a long run can be simulated without waiting for it.
+    """
+
+    def __init__(
+        self,
+        redis: redis.Redis,
+        limit_per_minute: int,
+        *,
+        burst: int = 1,
+        key_prefix: str = "faxout",
+        margin_seconds: float = DEFAULT_MARGIN_SECONDS,
+        slack_seconds: float = DEFAULT_SLACK_SECONDS,
+        time_source: Callable[[], float] | None = None,
+    ) -> None:
+        self._interval_us = emission_interval_us(
+            limit_per_minute, burst, margin_seconds, slack_seconds
+        )
+        self._tolerance_us = (burst - 1) * self._interval_us + round(slack_seconds * _US)
+        self._limit = limit_per_minute
+        self._burst = burst
+        self._key_prefix = key_prefix
+        # One hash tag, so both keys live in the same slot on a Redis Cluster.
+        tag = f"{{{key_prefix}:throttle}}"
+        self._keys = [f"{tag}:tat", f"{tag}:cooldown"]
+        self._time_source = time_source
+        self._script = redis.register_script(_SCRIPT)
+
+    def __repr__(self) -> str:
+        return (
+            f"FleetThrottle(limit_per_minute={self._limit}, burst={self._burst}, "
+            f"key_prefix={self._key_prefix!r})"
+        )
+
+    @property
+    def limit_per_minute(self) -> int:
+        return self._limit
+
+    @property
+    def burst(self) -> int:
+        return self._burst
+
+    @property
+    def slack_seconds(self) -> float:
+        """How late a worker may come for its token without the fleet losing it."""
+        return (self._tolerance_us - (self._burst - 1) * self._interval_us) / _US
+
+    @property
+    def emission_interval(self) -> float:
+        """Seconds between two grants at the sustained rate."""
+        return self._interval_us / _US
+
+    @property
+    def keys(self) -> tuple[str, str]:
+        """The Redis keys this throttle uses (token state, cooldown end)."""
+        return self._keys[0], self._keys[1]
+
+    def acquire(self) -> float:
+        """Take a token for one mintfax request: 0.0 if taken, else seconds to wait (> 0).
+
+        While a fleet cooldown is active the answer is the time left in it and no token is
+        taken; otherwise, when no token is free, the time until the next one. Waiting is the
+        caller's business (and consumes no attempt).
+        """
+        return self.try_acquire().wait_seconds
+
+    def try_acquire(self) -> ThrottleDecision:
+        """Like `acquire()`, but also says why a wait is needed (for logs and metrics)."""
+        outcome, cooldown_left, wait, now, _tat = self._run("acquire")
+        reason = _OUTCOMES[outcome]
+        if reason == "granted":
+            waited_us = 0
+        elif reason == "cooldown":
+            waited_us = cooldown_left
+        else:
+            waited_us = wait
+        return ThrottleDecision(
+            granted=reason == "granted",
+            wait_seconds=waited_us / _US,
+            reason=reason,
+            redis_time=now / _US,
+        )
+
+    def cooldown(self, seconds: float) -> None:
+        """Pause all sending, fleet-wide, for `seconds` (e.g. a 429's `Retry-After`).
+
+        A longer cooldown already in place is kept; zero or negative does nothing. Values
+        above a day are cut to a day.
+        """
+        if math.isnan(seconds):
+            raise ValueError("cooldown seconds must be a number, got NaN")
+        if seconds <= 0:
+            return
+        length_us = math.ceil(min(seconds, MAX_COOLDOWN_SECONDS) * _US)
+        self._run("cooldown", length_us)
+
+    def cooldown_remaining(self) -> float:
+        """Seconds left in the fleet cooldown, 0.0 when there is none."""
+        _, cooldown_left, _, _, _ = self._run("peek")
+        return cooldown_left / _US
+
+    def snapshot(self) -> dict[str, float]:
+        """The throttle's state for status displays, read without taking anything.
+
+        Keys: `limit_per_minute`, `burst`, `emission_interval` (s), `tokens` (requests that
+        could go right now, cooldown aside), `next_free_in` (s until the next token, 0.0 if one
+        is free) and `cooldown_remaining` (s).
+        """
+        _, cooldown_left, wait, now, tat = self._run("peek")
+        # tat - tolerance is when the first token frees; each interval earlier is one more.
+        free = (now + self._tolerance_us - tat) // self._interval_us + 1
+        tokens = max(0, min(self._burst, free))
+        return {
+            "limit_per_minute": float(self._limit),
+            "burst": float(self._burst),
+            "emission_interval": self.emission_interval,
+            "tokens": float(tokens),
+            "next_free_in": wait / _US,
+            "cooldown_remaining": cooldown_left / _US,
+        }
+
+    def _run(self, op: str, cooldown_us: int = 0) -> tuple[int, int, int, int, int]:
+        now = "" if self._time_source is None else str(round(self._time_source() * _US))
+        reply = self._script(
+            keys=self._keys,
+            args=[op, self._interval_us, self._tolerance_us, cooldown_us, now],
+        )
+        outcome, cooldown_left, wait, at, tat = (int(v) for v in reply)
+        return outcome, cooldown_left, wait, at, tat
