@@ -129,36 +129,38 @@ def upgrade() -> None:
         sa.Column(
             "updated_at", sa.DateTime(timezone=True), server_default=sa.text("now()"), nullable=False
         ),
+        # Names below are final (op.f): the metadata's naming convention must not expand them
+        # a second time into "fax_outbox_fax_outbox_..._check_check".
         sa.UniqueConstraint("idempotency_key", name="fax_outbox_idempotency_key_key"),
         sa.UniqueConstraint("mintfax_fax_id", name="fax_outbox_mintfax_fax_id_key"),
         sa.CheckConstraint(
-            r"to_number ~ '^\+[1-9][0-9]{1,14}$'", name="fax_outbox_to_number_e164_check"
+            r"to_number ~ '^\+[1-9][0-9]{1,14}$'", name=op.f("fax_outbox_to_number_e164_check")
         ),
         sa.CheckConstraint(
-            "octet_length(document) BETWEEN 1 AND 10485760", name="fax_outbox_document_size_check"
+            "octet_length(document) BETWEEN 1 AND 10485760", name=op.f("fax_outbox_document_size_check")
         ),
         sa.CheckConstraint(
-            "char_length(filename) BETWEEN 1 AND 255", name="fax_outbox_filename_length_check"
+            "char_length(filename) BETWEEN 1 AND 255", name=op.f("fax_outbox_filename_length_check")
         ),
         sa.CheckConstraint(
-            "char_length(reference) BETWEEN 1 AND 255", name="fax_outbox_reference_length_check"
+            "char_length(reference) BETWEEN 1 AND 255", name=op.f("fax_outbox_reference_length_check")
         ),
         sa.CheckConstraint(
             "char_length(idempotency_key) BETWEEN 1 AND 255",
-            name="fax_outbox_idempotency_key_length_check",
+            name=op.f("fax_outbox_idempotency_key_length_check"),
         ),
-        sa.CheckConstraint("retries BETWEEN 0 AND 10", name="fax_outbox_retries_range_check"),
-        sa.CheckConstraint("attempts >= 0", name="fax_outbox_attempts_nonnegative_check"),
+        sa.CheckConstraint("retries BETWEEN 0 AND 10", name=op.f("fax_outbox_retries_range_check")),
+        sa.CheckConstraint("attempts >= 0", name=op.f("fax_outbox_attempts_nonnegative_check")),
         sa.CheckConstraint(
-            "jsonb_typeof(metadata) = 'object'", name="fax_outbox_metadata_object_check"
+            "jsonb_typeof(metadata) = 'object'", name=op.f("fax_outbox_metadata_object_check")
         ),
         sa.CheckConstraint(
             "(status = 'sending') = (lease_expires_at IS NOT NULL AND lease_owner IS NOT NULL)",
-            name="fax_outbox_lease_iff_sending_check",
+            name=op.f("fax_outbox_lease_iff_sending_check"),
         ),
         sa.CheckConstraint(
             "status NOT IN ('submitted', 'delivered') OR mintfax_fax_id IS NOT NULL",
-            name="fax_outbox_accepted_has_fax_id_check",
+            name=op.f("fax_outbox_accepted_has_fax_id_check"),
         ),
     )
     op.create_index(
@@ -201,8 +203,8 @@ def upgrade() -> None:
         sa.Column("http_status", sa.Integer()),
         sa.Column("error", postgresql.JSONB()),
         sa.Column("request_id", sa.Text()),
-        sa.CheckConstraint("attempt >= 1", name="fax_attempts_attempt_positive_check"),
-        sa.CheckConstraint("duration_ms >= 0", name="fax_attempts_duration_nonnegative_check"),
+        sa.CheckConstraint("attempt >= 1", name=op.f("fax_attempts_attempt_positive_check")),
+        sa.CheckConstraint("duration_ms >= 0", name=op.f("fax_attempts_duration_nonnegative_check")),
     )
     op.create_index("fax_attempts_fax_id_idx", "fax_attempts", ["fax_id", "attempt"])
 
