@@ -17,7 +17,7 @@ from outbox import repository
 from outbox.clock import Clock
 
 # A dispatched row whose message was lost becomes due again after this long.
-REDISPATCH_AFTER_SECONDS = 60.0
+REDISPATCH_AFTER_SECONDS = 20.0
 
 
 @dataclass

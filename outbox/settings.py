@@ -78,6 +78,11 @@ class Settings(BaseSettings):
     max_submit_attempts: int = Field(
         default=5, ge=1, le=20, validation_alias="FAXOUT_MAX_SUBMIT_ATTEMPTS"
     )
+    # A dispatched row not claimed within this long (its message was lost, e.g. Redis was
+    # flushed) is published again; a duplicate message costs one no-op claim.
+    redispatch_seconds: float = Field(
+        default=20.0, ge=1, le=3600, validation_alias="FAXOUT_REDISPATCH_SECONDS"
+    )
     # Redis redelivers an unacknowledged message after this long; it must exceed any task.
     broker_visibility_timeout: int = Field(
         default=6 * 3600, ge=1, validation_alias="FAXOUT_BROKER_VISIBILITY_TIMEOUT"

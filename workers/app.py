@@ -17,9 +17,6 @@ from celery import Celery, signals
 from outbox.settings import Settings
 from workers.runtime import QUEUE, Runtime
 
-# No task runs longer than this: HTTP timeout (<= 300 s) plus a short throttle wait.
-VISIBILITY_TIMEOUT_SECONDS = 6 * 3600
-
 app = Celery("faxout", include=["workers.tasks"])
 
 
@@ -29,7 +26,7 @@ def configure(settings: Settings) -> None:
         broker_url=settings.require_redis_url(),
         broker_connection_retry_on_startup=True,
         broker_transport_options={
-            "visibility_timeout": VISIBILITY_TIMEOUT_SECONDS,
+            "visibility_timeout": settings.broker_visibility_timeout,
             "socket_timeout": 10,
             "socket_connect_timeout": 10,
             "retry_on_timeout": True,

@@ -146,4 +146,10 @@ class Runtime:
         def depth() -> int:
             return int(broker.llen(QUEUE))
 
-        return Dispatcher(engine=self.engine, publish=send, queue_depth=depth, clock=self.clock)
+        return Dispatcher(
+            engine=self.engine,
+            publish=send,
+            queue_depth=depth,
+            clock=self.clock,
+            redispatch_after=self.settings.redispatch_seconds,
+        )

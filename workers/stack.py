@@ -164,7 +164,10 @@ class Stack:
         if process is None:
             return None
         if process.poll() is None:
-            self.signal(name, signal.SIGTERM)
+            # The main process only: Celery's parent then stops its pool children itself after
+            # they finish their tasks (a SIGTERM to the whole group would kill them mid-task).
+            with contextlib.suppress(ProcessLookupError):
+                process.send_signal(signal.SIGTERM)
             try:
                 process.wait(timeout=grace)
             except subprocess.TimeoutExpired:
