@@ -33,11 +33,11 @@ def upgrade() -> None:
         sa.CheckConstraint(
             "reason IN ('insufficient_balance', 'authentication_failed', "
             "'api_key_environment_mismatch', 'operator')",
-            name="fleet_pauses_reason_known_check",
+            name=op.f("fleet_pauses_reason_known_check"),
         ),
         sa.CheckConstraint(
             "ended_at IS NULL OR ended_at >= started_at",
-            name="fleet_pauses_ends_after_start_check",
+            name=op.f("fleet_pauses_ends_after_start_check"),
         ),
     )
     op.create_index(
@@ -67,7 +67,7 @@ def upgrade() -> None:
         sa.Column("notify_error", sa.Text()),
         sa.UniqueConstraint("dedupe_key", name="alerts_dedupe_key_key"),
         sa.CheckConstraint(
-            "severity IN ('warning', 'error', 'critical')", name="alerts_severity_known_check"
+            "severity IN ('warning', 'error', 'critical')", name=op.f("alerts_severity_known_check")
         ),
     )
     op.create_index("alerts_created_at_idx", "alerts", ["created_at"])
