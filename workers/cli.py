@@ -7,12 +7,17 @@ problem on stderr).
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, NoReturn
 
+import alembic.util
+import psycopg
 import sqlalchemy.exc
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from outbox import schema
@@ -38,8 +43,24 @@ err = Console(stderr=True)
 
 def _fail(lines: list[str], code: int = 2) -> NoReturn:
     for line in lines:
-        err.print(f"[red]error:[/red] {line}", highlight=False, markup=True)
+        # One physical line per problem, whatever the terminal width, and the text is shown
+        # as given: a file name such as "[x].pdf" is not rich markup.
+        flat = " ".join(line.split())
+        err.print(f"[red]error:[/red] {escape(flat)}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
+
+
+@contextmanager
+def _database_errors() -> Iterator[None]:
+    """Turn database failures into one clear line and exit 1, never a traceback."""
+    try:
+        yield
+    except sqlalchemy.exc.DBAPIError as exc:
+        if isinstance(exc.orig, psycopg.errors.UndefinedTable):
+            _fail(["the database has no outbox schema yet: run `faxout db upgrade`"], code=1)
+        if isinstance(exc, sqlalchemy.exc.OperationalError):
+            _fail([f"database unavailable: {exc.orig}"], code=1)
+        _fail([f"database error: {exc.orig}"], code=1)
 
 
 def load_settings() -> Settings:
@@ -64,9 +85,12 @@ def db_upgrade(
     """Migrate the database to the newest schema (safe to run again)."""
     engine = _engine(load_settings())
     try:
-        before = schema.current_revision(engine)
-        schema.upgrade(engine, revision)
-        after = schema.current_revision(engine)
+        with _database_errors():
+            before = schema.current_revision(engine)
+            schema.upgrade(engine, revision)
+            after = schema.current_revision(engine)
+    except alembic.util.CommandError as exc:  # e.g. an unknown revision
+        _fail([str(exc)])
     finally:
         engine.dispose()
     if before == after:
@@ -80,12 +104,22 @@ def db_check() -> None:
     """Exit 1 unless the database schema matches what this code expects."""
     engine = _engine(load_settings())
     try:
-        problems = schema.differences(engine)
+        with _database_errors():
+            current, head = schema.current_revision(engine), schema.head_revision(engine)
+            # Behind (or ahead): the model diff would only list every missing object again.
+            problems = (
+                [
+                    f"database is at revision {current or 'none'}, this code expects {head}: "
+                    "run `faxout db upgrade`"
+                ]
+                if current != head
+                else schema.differences(engine)
+            )
     finally:
         engine.dispose()
     if problems:
         _fail(problems, code=1)
-    out.print(f"schema matches the models (revision {schema.head_revision(engine)})")
+    out.print(f"schema matches the models (revision {head})")
 
 
 @app.command()
@@ -102,7 +136,7 @@ def enqueue(
     settings = load_settings()
     engine = _engine(settings)
     try:
-        with engine.begin() as conn:
+        with _database_errors(), engine.begin() as conn:
             result = enqueue_fax(
                 conn,
                 to=to,
@@ -118,9 +152,10 @@ def enqueue(
         _fail([str(exc)])
     finally:
         engine.dispose()
-    out.print(f"id={result.id}")
-    out.print(f"idempotency_key={result.idempotency_key}")
-    out.print(f"created={'true' if result.created else 'false'}")
+    # Plain lines for scripts: no wrapping of long keys, no markup, no colour.
+    typer.echo(f"id={result.id}")
+    typer.echo(f"idempotency_key={result.idempotency_key}")
+    typer.echo(f"created={'true' if result.created else 'false'}")
 
 
 @app.command()
@@ -128,7 +163,7 @@ def status() -> None:
     """Counts of faxes by status."""
     engine = _engine(load_settings())
     try:
-        with engine.connect() as conn:
+        with _database_errors(), engine.connect() as conn:
             counts = count_by_status(conn)
     finally:
         engine.dispose()
