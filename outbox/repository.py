@@ -62,10 +62,18 @@ def intents_by_key(conn: Connection, keys: Iterable[str]) -> dict[str, StoredInt
     return {row.idempotency_key: StoredIntent(*row) for row in result}
 
 
-def count_by_status(conn: Connection) -> dict[FaxStatus, int]:
-    """How many rows are in each status (every status present, zeros included)."""
+def count_by_status(
+    conn: Connection, *, reference_prefix: str | None = None
+) -> dict[FaxStatus, int]:
+    """How many rows are in each status (every status present, zeros included).
+
+    `reference_prefix` restricts the count to rows whose reference starts with it.
+    """
     counts = dict.fromkeys(FaxStatus, 0)
-    result = conn.execute(select(fax_outbox.c.status, func.count()).group_by(fax_outbox.c.status))
+    statement = select(fax_outbox.c.status, func.count()).group_by(fax_outbox.c.status)
+    if reference_prefix is not None:
+        statement = statement.where(fax_outbox.c.reference.startswith(reference_prefix))
+    result = conn.execute(statement)
     for status, count in result:
         counts[FaxStatus(status)] = count
     return counts

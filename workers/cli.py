@@ -177,6 +177,19 @@ def status() -> None:
 
 
 @app.command()
+def demo(
+    faxes: Annotated[int, typer.Option(help="How many faxes to send.")] = 300,
+    flower: Annotated[bool, typer.Option(help="Also start Flower and print its address.")] = False,
+) -> None:
+    """Run the whole system on this machine against the sandbox (embedded DB/Redis if unset)."""
+    from workers import demo as demo_run
+
+    if faxes < 30:
+        _fail(["--faxes must be at least 30"])
+    raise typer.Exit(demo_run.run(faxes=faxes, flower=flower))
+
+
+@app.command()
 def relay(
     poll_interval: Annotated[
         float, typer.Option(help="Longest sleep between looks for due retries (seconds).")
@@ -246,6 +259,11 @@ def _configure_logging() -> None:
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+
+
+from workers.sandbox.cli import sandbox as _sandbox_command  # noqa: E402 (registered last)
+
+app.command("sandbox")(_sandbox_command)
 
 
 def main() -> None:
