@@ -117,7 +117,7 @@ def parse_fault_spec(text: str) -> FaultConfig:
     text = text.strip()
     if not text:
         return FaultConfig()
-    if text.startswith("{"):
+    if text.startswith(("{", "[")):
         try:
             raw = json.loads(text)
         except json.JSONDecodeError as exc:

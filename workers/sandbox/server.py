@@ -13,6 +13,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from types import FrameType
 from typing import Any
 
 import uvicorn
@@ -49,11 +50,30 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
-def make_server(app: ASGIApp, sandbox: Sandbox, *, log_level: str = "warning") -> uvicorn.Server:
+class _CleanExitServer(uvicorn.Server):
+    """Exit status 0 after a graceful, signal-driven shutdown.
+
+    uvicorn re-raises SIGTERM/SIGINT once it has shut down, which makes the process die with
+    128+signal; scripts (`set -e`, the demo) and tests expect a clean stop to exit 0.
+    """
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        super().handle_exit(sig, frame)
+        captured = getattr(self, "_captured_signals", None)
+        if isinstance(captured, list):
+            captured.clear()
+
+
+def make_server(
+    app: ASGIApp,
+    transports: dict[Any, asyncio.Transport] | None = None,
+    *,
+    log_level: str = "warning",
+) -> uvicorn.Server:
     """A uvicorn server for `app` with fault support and no access log (it costs throughput)."""
     config = uvicorn.Config(
         app,
-        http=protocol_class(sandbox.transports),
+        http=protocol_class({} if transports is None else transports),
         ws="none",
         lifespan="on",
         log_level=log_level,
@@ -62,18 +82,26 @@ def make_server(app: ASGIApp, sandbox: Sandbox, *, log_level: str = "warning") -
         server_header=False,
         timeout_graceful_shutdown=2,
     )
-    return uvicorn.Server(config)
+    return _CleanExitServer(config)
 
 
 class ThreadedServer:
-    """The simulator on a free port in a background thread: `start()`, use `.url`, `stop()`."""
+    """An ASGI app on a free port in a background thread: `start()`, use `.url`, `stop()`.
 
-    def __init__(self, app: ASGIApp, sandbox: Sandbox, host: str = "127.0.0.1", port: int = 0):
-        self.sandbox = sandbox
+    Pass the sandbox's `transports` map so connection faults work.
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        transports: dict[Any, asyncio.Transport] | None = None,
+        host: str = "127.0.0.1",
+        port: int = 0,
+    ) -> None:
         self._sock = bind(host, port)
         self.host = host
         self.port: int = self._sock.getsockname()[1]
-        self._server = make_server(app, sandbox)
+        self._server = make_server(app, transports)
         self._thread = threading.Thread(
             target=self._server.run,
             kwargs={"sockets": [self._sock]},
@@ -117,7 +145,7 @@ def serve(
 ) -> None:
     """Serve in the foreground until SIGTERM/SIGINT (uvicorn's handlers shut down cleanly)."""
     sock = bind(host, port)
-    server = make_server(app, sandbox)
+    server = make_server(app, sandbox.transports)
     bound_port = sock.getsockname()[1]
 
     async def main() -> None:
