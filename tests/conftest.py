@@ -25,6 +25,7 @@ from sqlalchemy.engine import make_url
 from outbox import schema
 from outbox.db import make_engine
 from outbox.settings import libpq_url
+from tests.sandbox_fixtures import *  # noqa: F403 (the mintfax sandbox fixtures)
 from workers import embedded
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
