@@ -27,6 +27,10 @@ def configure(settings: Settings) -> None:
         broker_connection_retry_on_startup=True,
         broker_transport_options={
             "visibility_timeout": settings.broker_visibility_timeout,
+            # kombu sweeps for expired unacked messages every interval x throttle seconds
+            # (default ~100 s); keep the sweep no slower than the timeout it enforces.
+            "unacked_restore_interval": max(1, min(10, settings.broker_visibility_timeout // 2)),
+            "unacked_restore_throttle": 1 if settings.broker_visibility_timeout < 100 else 10,
             "socket_timeout": 10,
             "socket_connect_timeout": 10,
             "retry_on_timeout": True,

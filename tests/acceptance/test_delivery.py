@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
 
 import pytest
@@ -63,3 +65,105 @@ def test_sigterm_lets_a_worker_finish_what_it_holds(fleet: Fleet) -> None:
     assert time.monotonic() - started >= 0.5  # it waited for the in-flight requests
     assert fleet.counts()["submitted"] == 2, fleet.stack.log_text("worker0")[-4000:]
     assert "Warm shutdown" in fleet.stack.log_text("worker0")
+
+
+def _arrivals(fleet: Fleet) -> list[dict]:  # type: ignore[type-arg]
+    data = fleet.sandbox("requests")
+    return data["data"] if isinstance(data, dict) else data
+
+
+def test_402_pauses_the_fleet_until_resume_with_one_alert(fleet: Fleet) -> None:
+    fleet.start_sandbox("--rate-limit-per-minute", "0")
+    fleet.sandbox("balance", available=100)  # ten 1-page faxes at 10 cents
+    fleet.start(workers=2, concurrency=2)
+    fleet.enqueue(40)
+
+    def paused() -> bool:
+        with fleet.engine.connect() as conn:
+            return bool(
+                conn.exec_driver_sql("SELECT 1 FROM fleet_pauses WHERE ended_at IS NULL").all()
+            )
+
+    fleet.wait_until(paused, 60, "a 402 to pause the fleet")
+    with fleet.engine.connect() as conn:
+        started_at = conn.exec_driver_sql(
+            "SELECT extract(epoch FROM started_at) FROM fleet_pauses WHERE ended_at IS NULL"
+        ).scalar_one()
+    time.sleep(4)  # several rescue/sync/redispatch cycles while paused
+    arrivals = _arrivals(fleet)
+    # Requests already in flight when the pause began may land a moment later; none after.
+    late = [a for a in arrivals if a["received_at"] > float(started_at) + 0.5]
+    assert late == []
+    assert sum(1 for a in arrivals if a["status"] == 402) <= 4  # at most one per worker process
+    with fleet.engine.connect() as conn:
+        kinds = conn.exec_driver_sql("SELECT kind FROM alerts").scalars().all()
+    assert kinds == ["fleet_paused"]
+    assert fleet.counts()["submitted"] == 10
+
+    fleet.sandbox("balance", top_up=100_000)
+    resumed = subprocess.run(
+        [sys.executable, "-m", "workers.cli", "resume"],
+        env=fleet.stack.env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert resumed.returncode == 0, resumed.stderr
+    assert "insufficient_balance" in resumed.stdout
+    fleet.wait_until(lambda: fleet.unfinished() == 0, 60, "the rest after resume")
+    fleet.assert_exactly_once(40)
+
+
+def test_racing_relays_and_workers_claim_each_row_once(fleet: Fleet) -> None:
+    fleet.start_sandbox("--rate-limit-per-minute", "0", "--faults", "latency_ms=0-10")
+    fleet.start(workers=3, concurrency=2, relays=2)
+    fleet.enqueue(400)
+    fleet.wait_until(lambda: fleet.unfinished() == 0, 120, "all rows to be submitted")
+    fleet.assert_exactly_once(400)
+    faxes = fleet.sandbox("faxes")
+    faxes = faxes["data"] if isinstance(faxes, dict) else faxes
+    assert {f["submissions"] for f in faxes} == {1}  # no row was POSTed twice
+    with fleet.engine.connect() as conn:
+        per_row = (
+            conn.exec_driver_sql("SELECT count(*) FROM fax_attempts GROUP BY fax_id")
+            .scalars()
+            .all()
+        )
+    assert set(per_row) == {1}
+    for n in range(2):
+        assert "relay listening" in fleet.stack.log_text(f"relay{n}")
+
+
+def test_429_cools_down_every_worker(fleet: Fleet) -> None:
+    """The sandbox allows 30 a minute; the fleet's throttle is set far above that."""
+    fleet.start_sandbox("--rate-limit-per-minute", "30")
+    fleet.start(workers=2, concurrency=2)
+    fleet.enqueue(34)
+    fleet.wait_until(lambda: fleet.unfinished() == 0, 150, "the rest after the cooldown")
+    fleet.assert_exactly_once(34)
+    arrivals = sorted(_arrivals(fleet), key=lambda a: a["monotonic"])
+    refused = [a for a in arrivals if a["status"] == 429]
+    assert 1 <= len(refused) <= 4  # the first 429 stops the fleet; no storm of retries
+    first = refused[0]["monotonic"]
+    later_201 = [
+        a["monotonic"] - first for a in arrivals if a["status"] == 201 and a["monotonic"] > first
+    ]
+    # Nothing was accepted until the sliding window had room again (about a minute).
+    assert min(later_201) > 50
+
+
+def test_long_task_past_the_visibility_timeout_is_not_sent_twice(fleet: Fleet) -> None:
+    """Redis redelivers a message unacked for longer than the visibility timeout; the
+    redelivered copy finds the row leased (or done) and does nothing."""
+    fleet.stack.env["FAXOUT_BROKER_VISIBILITY_TIMEOUT"] = "1"
+    fleet.start_sandbox("--rate-limit-per-minute", "0", "--faults", "latency_ms=2500")
+    fleet.start(workers=2, concurrency=2)
+    fleet.enqueue(6)
+    fleet.wait_until(lambda: fleet.unfinished() == 0, 90, "all rows to be submitted")
+    time.sleep(3)  # let any redelivered copies run
+    fleet.assert_exactly_once(6)
+    faxes = fleet.sandbox("faxes")
+    faxes = faxes["data"] if isinstance(faxes, dict) else faxes
+    assert {f["submissions"] for f in faxes} == {1}
+    logs = fleet.stack.log_text("worker0") + fleet.stack.log_text("worker1")
+    assert logs.count("'not_claimed'") >= 1, "no message was redelivered: the trap was not hit"
