@@ -117,6 +117,14 @@ class Fleet:
         response.raise_for_status()
         return response.json()
 
+    def assert_no_secret_in_logs(self) -> None:
+        """Invariant 7: the API key appears in no process's output."""
+        for name in self.stack.processes:
+            log = self.stack.log_text(name)
+            assert log, f"{name} logged nothing"
+            assert API_KEY not in log, f"the API key leaked into {name}'s log"
+            assert API_KEY[8:] not in log, f"part of the API key leaked into {name}'s log"
+
     def kill(self, name: str) -> None:
         """SIGKILL process `name` and its children: a crash, not a shutdown."""
         self.killed.add(name)
