@@ -7,6 +7,7 @@ that mintfax would refuse for its number or file ever costs an API call.
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 
@@ -50,7 +51,21 @@ def check_number(to: str, environment: Environment) -> tuple[str | None, list[Fi
     """Normalise `to` to E.164 and judge it; returns (number or None, errors)."""
     if not isinstance(to, str) or not to.strip():
         return None, [FieldError("to", "is required (an E.164 number such as +12125550123)")]
-    raw = to.strip()
+    number, errors = _judge_number(to.strip(), environment)
+    return number, list(errors)
+
+
+# Parsing with phonenumbers is most of what validating an intent costs, and senders fax the
+# same recipients again and again; the judgement is a pure function of its arguments.
+@functools.lru_cache(maxsize=4096)
+def _judge_number(raw: str, environment: Environment) -> tuple[str | None, tuple[FieldError, ...]]:
+    number, errors = _judge_number_uncached(raw, environment)
+    return number, tuple(errors)
+
+
+def _judge_number_uncached(
+    raw: str, environment: Environment
+) -> tuple[str | None, list[FieldError]]:
     if not raw.startswith("+"):
         return None, [FieldError("to", "must be in international E.164 form, starting with +")]
     if not _NUMBER_CHARS.fullmatch(raw):
@@ -72,9 +87,11 @@ def check_number(to: str, environment: Environment) -> tuple[str | None, list[Fi
         if environment == "production":
             return None, [FieldError("to", "is a fictional 555 number; refused in production")]
         return number, []
-    if not phonenumbers.is_valid_number(parsed):
+    # One type lookup answers both questions: UNKNOWN is exactly what is_valid_number refuses.
+    number_type = phonenumbers.number_type(parsed)
+    if number_type == phonenumbers.PhoneNumberType.UNKNOWN:
         return None, [FieldError("to", "is not a valid number for its country")]
-    if phonenumbers.number_type(parsed) == phonenumbers.PhoneNumberType.MOBILE:
+    if number_type == phonenumbers.PhoneNumberType.MOBILE:
         return None, [FieldError("to", "is a mobile number, which cannot receive a fax")]
     return number, []
 

@@ -364,3 +364,45 @@ def test_overlapping_batches_in_opposite_orders_do_not_deadlock(wide_engine: Eng
     assert len({tuple(r.id for r in outcome) for outcome in outcomes}) == 1
     assert sum(r.created for outcome in outcomes for r in outcome) == len(intents)
     assert _count(wide_engine) == len(intents)
+
+
+def test_a_connection_without_a_transaction_yet_commits_the_row(engine: Engine) -> None:
+    with engine.connect() as conn:
+        assert not conn.in_transaction()
+        first = _enqueue(conn, reference="autobegin-1")
+        conn.commit()
+        batch = enqueue_faxes(
+            conn,
+            [
+                FaxIntent(to=TO, document=DOC, filename="a.pdf", reference=f"ab-{i}")
+                for i in range(2)
+            ],
+            environment="sandbox",
+        )
+        conn.commit()
+    assert first.created
+    assert [r.created for r in batch] == [True, True]
+    assert _count(engine) == 3
+
+
+def test_drivers_other_than_psycopg_take_the_sqlalchemy_path(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The fast path talks to psycopg's own cursor; any other driver goes through SQLAlchemy.
+    monkeypatch.setattr(engine.dialect, "driver", "not-psycopg")
+    with engine.begin() as conn:
+        single = _enqueue(conn, reference="core-1")
+        again = _enqueue(conn, reference="core-1")
+        batch = enqueue_faxes(
+            conn,
+            [
+                FaxIntent(to=TO, document=DOC, filename="a.pdf", reference="core-2"),
+                FaxIntent(to=TO, document=DOC, filename="a.pdf", reference="core-1"),
+            ],
+            environment="sandbox",
+        )
+    assert single.created
+    assert not again.created
+    assert [r.created for r in batch] == [True, False]
+    assert batch[1].id == single.id
+    assert _count(engine) == 2

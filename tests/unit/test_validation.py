@@ -280,3 +280,12 @@ def test_production_refuses_a_magic_number_that_sandbox_takes() -> None:
     with pytest.raises(ValidationFailed) as caught:
         _intent("production", to="+15005550006")
     assert [e.field for e in caught.value.errors] == ["to"]
+
+
+def test_number_results_are_not_shared_between_callers() -> None:
+    # Judgements are cached; a caller appending to its error list must not change the next.
+    _number, errors = check_number("+1 212", "sandbox")
+    errors.append(FieldError("to", "scribbled by a caller"))
+    assert check_number("+1 212", "sandbox")[1] == [
+        FieldError("to", "is not a valid number for its country")
+    ]
