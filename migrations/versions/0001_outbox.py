@@ -124,10 +124,16 @@ def upgrade() -> None:
         sa.Column("completed_at", sa.DateTime(timezone=True)),
         sa.Column("last_event_at", sa.DateTime(timezone=True)),
         sa.Column(
-            "created_at", sa.DateTime(timezone=True), server_default=sa.text("now()"), nullable=False
+            "created_at",
+            sa.DateTime(timezone=True),
+            server_default=sa.text("now()"),
+            nullable=False,
         ),
         sa.Column(
-            "updated_at", sa.DateTime(timezone=True), server_default=sa.text("now()"), nullable=False
+            "updated_at",
+            sa.DateTime(timezone=True),
+            server_default=sa.text("now()"),
+            nullable=False,
         ),
         # Names below are final (op.f): the metadata's naming convention must not expand them
         # a second time into "fax_outbox_fax_outbox_..._check_check".
@@ -137,13 +143,15 @@ def upgrade() -> None:
             r"to_number ~ '^\+[1-9][0-9]{1,14}$'", name=op.f("fax_outbox_to_number_e164_check")
         ),
         sa.CheckConstraint(
-            "octet_length(document) BETWEEN 1 AND 10485760", name=op.f("fax_outbox_document_size_check")
+            "octet_length(document) BETWEEN 1 AND 10485760",
+            name=op.f("fax_outbox_document_size_check"),
         ),
         sa.CheckConstraint(
             "char_length(filename) BETWEEN 1 AND 255", name=op.f("fax_outbox_filename_length_check")
         ),
         sa.CheckConstraint(
-            "char_length(reference) BETWEEN 1 AND 255", name=op.f("fax_outbox_reference_length_check")
+            "char_length(reference) BETWEEN 1 AND 255",
+            name=op.f("fax_outbox_reference_length_check"),
         ),
         sa.CheckConstraint(
             "char_length(idempotency_key) BETWEEN 1 AND 255",
@@ -189,9 +197,7 @@ def upgrade() -> None:
         sa.Column(
             "fax_id",
             sa.BigInteger(),
-            sa.ForeignKey(
-                "fax_outbox.id", name="fax_attempts_fax_id_fkey", ondelete="CASCADE"
-            ),
+            sa.ForeignKey("fax_outbox.id", name="fax_attempts_fax_id_fkey", ondelete="CASCADE"),
             nullable=False,
         ),
         sa.Column("attempt", sa.Integer(), nullable=False),
@@ -204,7 +210,9 @@ def upgrade() -> None:
         sa.Column("error", postgresql.JSONB()),
         sa.Column("request_id", sa.Text()),
         sa.CheckConstraint("attempt >= 1", name=op.f("fax_attempts_attempt_positive_check")),
-        sa.CheckConstraint("duration_ms >= 0", name=op.f("fax_attempts_duration_nonnegative_check")),
+        sa.CheckConstraint(
+            "duration_ms >= 0", name=op.f("fax_attempts_duration_nonnegative_check")
+        ),
     )
     op.create_index("fax_attempts_fax_id_idx", "fax_attempts", ["fax_id", "attempt"])
 

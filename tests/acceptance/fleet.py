@@ -5,9 +5,9 @@ Redis index."""
 from __future__ import annotations
 
 import os
+import signal
 import time
 from collections.abc import Callable, Sequence
-import signal
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import subprocess
 import sys
 import time
@@ -31,6 +32,7 @@ def test_faults_never_lose_or_duplicate_a_fax(fleet: Fleet) -> None:
     assert stats["idempotent_replays"] > 0
     for kind in ("500", "503", "reset", "dropped"):
         assert by_status.get(kind, 0) > 0, by_status
+    fleet.assert_no_secret_in_logs()
 
 
 def test_kill_9_of_a_worker_mid_run_loses_nothing(fleet: Fleet) -> None:
@@ -94,7 +96,8 @@ def test_402_pauses_the_fleet_until_resume_with_one_alert(fleet: Fleet) -> None:
     # Requests already in flight when the pause began may land a moment later; none after.
     late = [a for a in arrivals if a["received_at"] > float(started_at) + 0.5]
     assert late == []
-    assert sum(1 for a in arrivals if a["status"] == 402) <= 4  # at most one per worker process
+    refused = sum(1 for a in arrivals if a["status"] == "402")
+    assert 1 <= refused <= 4  # at most one per worker process
     with fleet.engine.connect() as conn:
         kinds = conn.exec_driver_sql("SELECT kind FROM alerts").scalars().all()
     assert kinds == ["fleet_paused"]
@@ -112,6 +115,7 @@ def test_402_pauses_the_fleet_until_resume_with_one_alert(fleet: Fleet) -> None:
     assert "insufficient_balance" in resumed.stdout
     fleet.wait_until(lambda: fleet.unfinished() == 0, 60, "the rest after resume")
     fleet.assert_exactly_once(40)
+    fleet.assert_no_secret_in_logs()
 
 
 def test_racing_relays_and_workers_claim_each_row_once(fleet: Fleet) -> None:
@@ -141,15 +145,12 @@ def test_429_cools_down_every_worker(fleet: Fleet) -> None:
     fleet.enqueue(34)
     fleet.wait_until(lambda: fleet.unfinished() == 0, 150, "the rest after the cooldown")
     fleet.assert_exactly_once(34)
-    arrivals = sorted(_arrivals(fleet), key=lambda a: a["monotonic"])
-    refused = [a for a in arrivals if a["status"] == 429]
-    assert 1 <= len(refused) <= 4  # the first 429 stops the fleet; no storm of retries
-    first = refused[0]["monotonic"]
-    later_201 = [
-        a["monotonic"] - first for a in arrivals if a["status"] == 201 and a["monotonic"] > first
-    ]
-    # Nothing was accepted until the sliding window had room again (about a minute).
-    assert min(later_201) > 50
+    refused = fleet.sandbox("stats")["requests_by_status"].get("429", 0)
+    assert 1 <= refused <= 4  # the first 429 stops the fleet; no storm of retries
+    accepted = sorted(a["monotonic"] for a in _arrivals(fleet) if a["status"] == "201")
+    gaps = [later - earlier for earlier, later in itertools.pairwise(accepted)]
+    # The first 30 went at once; the rest only after the sliding window had room again.
+    assert max(gaps) > 45
 
 
 def test_long_task_past_the_visibility_timeout_is_not_sent_twice(fleet: Fleet) -> None:

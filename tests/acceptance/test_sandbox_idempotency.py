@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -135,10 +136,13 @@ def test_fifty_parallel_posts_during_slow_processing_create_one_fax(
     sandbox: SandboxHandle,
 ) -> None:
     sandbox.configure(rate_limit_per_minute=0)
-    sandbox.set_faults(latency_ms=[50, 150], seed=3)
+    sandbox.set_faults(latency_ms=1000)
+    start = threading.Barrier(50)
 
     def post(_: int) -> httpx.Response:
-        return sandbox.send_fax(idempotency_key="slow-intent")
+        with sandbox.client() as client:
+            start.wait()
+            return sandbox.send_fax(idempotency_key="slow-intent", client=client)
 
     with ThreadPoolExecutor(50) as pool:
         responses = list(pool.map(post, range(50)))
