@@ -11,6 +11,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+import psycopg
+import sqlalchemy.exc
 from psycopg.types.json import Jsonb
 from sqlalchemy import Connection, func, select, text, update
 from sqlalchemy.dialects.postgresql import insert
@@ -70,7 +72,9 @@ def _insert_intents_psycopg(conn: Connection, rows: Sequence[Mapping[str, Any]])
         conn.begin()
     params = [{**row, "metadata": Jsonb(row["metadata"])} for row in rows]
     created: dict[str, int] = {}
-    cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
+    driver_connection = conn.connection.driver_connection
+    assert isinstance(driver_connection, psycopg.Connection)
+    cursor = driver_connection.cursor()
     try:
         if len(params) == 1:
             cursor.execute(_INSERT_INTENT_SQL, params[0])
@@ -81,6 +85,19 @@ def _insert_intents_psycopg(conn: Connection, rows: Sequence[Mapping[str, Any]])
                 created.update((key, row_id) for key, row_id in cursor.fetchall())
                 if not cursor.nextset():
                     break
+    except psycopg.Error as exc:
+        # Callers catch SQLAlchemy's exceptions whichever path ran, as after conn.execute().
+        lost = driver_connection.broken or driver_connection.closed
+        if lost:  # as SQLAlchemy would: never hand this connection out again
+            conn.invalidate(exc)
+        raise sqlalchemy.exc.DBAPIError.instance(
+            _INSERT_INTENT_SQL,
+            None,
+            exc,
+            psycopg.Error,
+            connection_invalidated=lost,
+            dialect=conn.dialect,
+        ) from exc
     finally:
         cursor.close()
     return created

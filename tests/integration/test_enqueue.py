@@ -7,7 +7,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
+import sqlalchemy.exc
 from sqlalchemy import Connection, Engine, func, select
 from sqlalchemy.orm import Session
 
@@ -406,3 +408,31 @@ def test_drivers_other_than_psycopg_take_the_sqlalchemy_path(
     assert [r.created for r in batch] == [True, False]
     assert batch[1].id == single.id
     assert _count(engine) == 2
+
+
+@pytest.mark.parametrize("count", [1, 3])
+def test_database_errors_surface_as_sqlalchemy_errors(empty_database_url: str, count: int) -> None:
+    engine = make_engine(empty_database_url)  # no schema: the INSERT itself fails
+    intents = [
+        FaxIntent(to=TO, document=DOC, filename="a.pdf", reference=f"e-{i}") for i in range(count)
+    ]
+    try:
+        with engine.connect() as conn, pytest.raises(sqlalchemy.exc.ProgrammingError) as caught:
+            enqueue_faxes(conn, intents, environment="sandbox")
+        assert isinstance(caught.value.orig, psycopg.errors.UndefinedTable)
+    finally:
+        engine.dispose()
+
+
+def test_a_lost_connection_is_invalidated_not_reused(engine: Engine) -> None:
+    with engine.connect() as conn:
+        pid = conn.exec_driver_sql("SELECT pg_backend_pid()").scalar_one()
+        with engine.connect() as killer:
+            killer.exec_driver_sql(f"SELECT pg_terminate_backend({int(pid)})")
+        with pytest.raises(sqlalchemy.exc.OperationalError) as caught:
+            _enqueue(conn, reference="lost")
+        assert caught.value.connection_invalidated
+        assert conn.invalidated
+    with engine.begin() as conn:  # the pool hands out a working connection afterwards
+        assert _enqueue(conn, reference="after").created
+    assert _count(engine) == 1
