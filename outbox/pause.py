@@ -91,7 +91,7 @@ def pause_in_transaction(
             kind="fleet_paused",
             dedupe_key=f"fleet_paused:{pause.id}",
             message=_MESSAGES[reason],
-            severity="critical",
+            severity="warning" if reason is PauseReason.OPERATOR else "critical",
             detail={"reason": reason.value, **detail},
         ),
         now,

@@ -160,13 +160,15 @@ def enqueue(
 
 @app.command()
 def status() -> None:
-    """Counts of faxes by status."""
-    engine = _engine(load_settings())
+    """Counts of faxes by status, fleet pauses, throttle, queue depth and recent alerts."""
+    settings = load_settings()
+    engine = _engine(settings)
     try:
         with _database_errors(), engine.connect() as conn:
             counts = count_by_status(conn)
-    finally:
+    except BaseException:
         engine.dispose()
+        raise
     table = Table(title="fax_outbox")
     table.add_column("status")
     table.add_column("count", justify="right")
@@ -174,6 +176,51 @@ def status() -> None:
         table.add_row(st.value, str(counts[st]))
     table.add_row("[bold]total[/bold]", f"[bold]{sum(counts.values())}[/bold]")
     out.print(table)
+    _print_fleet_state(settings, engine)
+
+
+def _print_fleet_state(settings: Settings, engine) -> None:  # type: ignore[no-untyped-def]
+    """Pauses and recent alerts (Postgres); throttle and queue depth (Redis, when set)."""
+    from outbox.repository import open_pauses, recent_alerts
+
+    with _database_errors(), engine.connect() as conn:
+        pauses = open_pauses(conn)
+        alerts = recent_alerts(conn, 5)
+    engine.dispose()
+    if pauses:
+        for p in pauses:
+            out.print(
+                f"[red]fleet PAUSED[/red]: {p.reason} since {p.started_at:%Y-%m-%d %H:%M:%S} "
+                f"(episode {p.id}); `faxout resume` ends it"
+            )
+    else:
+        out.print("fleet: sending")
+    if settings.redis_url:
+        import redis as redis_lib
+
+        from outbox.throttle import FleetThrottle
+        from workers.runtime import QUEUE
+
+        client = redis_lib.Redis.from_url(settings.redis_url, socket_timeout=5)
+        try:
+            snap = FleetThrottle(client, settings.rate_limit_per_minute).snapshot()
+            depth = client.llen(QUEUE)
+        except redis_lib.RedisError as exc:
+            out.print(f"redis: unavailable ({type(exc).__name__})")
+        else:
+            out.print(
+                f"throttle: {snap['limit_per_minute']:.0f}/min, 429 cooldown "
+                f"{snap['cooldown_remaining']:.1f}s; broker queue: {depth} message(s)"
+            )
+        finally:
+            client.close()
+    for a in alerts:
+        out.print(
+            f"alert {a['created_at']:%Y-%m-%d %H:%M:%S} [{a['severity']}] {a['kind']}: "
+            f"{a['message']}",
+            markup=False,
+            highlight=False,
+        )
 
 
 @app.command()

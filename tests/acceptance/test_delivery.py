@@ -168,3 +168,29 @@ def test_long_task_past_the_visibility_timeout_is_not_sent_twice(fleet: Fleet) -
     assert {f["submissions"] for f in faxes} == {1}
     logs = fleet.stack.log_text("worker0") + fleet.stack.log_text("worker1")
     assert logs.count("'not_claimed'") >= 1, "no message was redelivered: the trap was not hit"
+
+
+def test_operator_pause_holds_everything_until_resume(fleet: Fleet) -> None:
+    fleet.start_sandbox("--rate-limit-per-minute", "0")
+    fleet.start(workers=1, concurrency=2)
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "workers.cli", *args],
+            env=fleet.stack.env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
+    paused = cli("pause", "--reason", "maintenance window")
+    assert paused.returncode == 0 and "fleet paused" in paused.stdout
+    fleet.enqueue(20)
+    time.sleep(3)
+    assert _arrivals(fleet) == []
+    assert fleet.counts()["pending"] == 20
+    resumed = cli("resume")
+    assert resumed.returncode == 0 and "resumed: operator" in resumed.stdout
+    fleet.wait_until(lambda: fleet.unfinished() == 0, 60, "the held rows after resume")
+    fleet.assert_exactly_once(20)
+    assert cli("resume").stdout.strip() == "fleet was not paused"
