@@ -59,10 +59,13 @@ def test_same_key_different_body_is_409_reuse(sandbox: SandboxHandle) -> None:
 def test_same_key_while_the_first_is_processing_is_409_in_progress(
     sandbox: SandboxHandle,
 ) -> None:
-    sandbox.set_faults(latency_ms=400)
+    sandbox.set_faults(latency_ms=1500)
     with ThreadPoolExecutor(2) as pool:
         slow = pool.submit(sandbox.send_fax, idempotency_key="k-3")
-        time.sleep(0.15)
+        deadline = time.monotonic() + 5
+        while not sandbox.requests():  # the first request has arrived and is being processed
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
         sandbox.set_faults()  # the second request is not delayed itself
         racing = sandbox.send_fax(idempotency_key="k-3")
         first = slow.result()

@@ -20,7 +20,6 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from starlette.applications import Starlette
-from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
@@ -28,11 +27,12 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from outbox.filetypes import sniff
-from workers.sandbox import carrier
+from workers.sandbox import carrier, multipart
 from workers.sandbox.faults import Fault, FaultConfig, FaultSpecError, reset_transport
 from workers.sandbox.state import EVENTS, IdempotencyEntry, Sandbox, SandboxConfig, iso
 
 MAX_FILE_BYTES = 10 * 1024 * 1024
+MAX_FORM_OVERHEAD = 64 * 1024  # the other fields and the part headers
 MAX_KEY_LENGTH = 255
 PAGE_SIZE = 20
 DEFAULT_RETRIES = 3
@@ -273,20 +273,40 @@ class Submission:
     file_type: str
 
 
+async def _read_body(request: Request, limit: int) -> bytes | None:
+    """The request body, or None as soon as it grows past `limit` bytes."""
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _field(fields: dict[str, multipart.Part], name: str) -> str | None:
+    part = fields.get(name)
+    return None if part is None or part.filename is not None else part.text()
+
+
 async def _read_submission(request: Request, header_key: str | None) -> Submission:
     errors: dict[str, list[str]] = {}
-    if not request.headers.get("content-type", "").startswith("multipart/form-data"):
-        raise validation_error({"file": ["Send multipart/form-data with a `file` part."]})
+    body = await _read_body(request, MAX_FILE_BYTES + MAX_FORM_OVERHEAD)
+    if body is None:
+        raise validation_error({"file": ["The file may not be larger than 10 MB."]})
     try:
-        async with request.form(max_files=4, max_fields=50) as form:
-            to = form.get("to")
-            upload = form.get("file")
-            raw_retries = form.get("retries")
-            raw_url = form.get("webhook_url")
-            form_key = form.get("idempotency_key")
-            document = await upload.read() if isinstance(upload, UploadFile) else None
-    except HTTPException as exc:
-        raise validation_error({"file": [f"Unreadable multipart body: {exc.detail}"]}) from None
+        fields = multipart.parse(body, request.headers.get("content-type", ""))
+    except multipart.MultipartError as exc:
+        raise validation_error(
+            {"file": [f"Send multipart/form-data with a file: {exc}."]}
+        ) from None
+    to = _field(fields, "to")
+    raw_retries = _field(fields, "retries")
+    raw_url = _field(fields, "webhook_url")
+    form_key = _field(fields, "idempotency_key")
+    upload = fields.get("file")
+    document = upload.data if upload is not None and upload.filename is not None else None
 
     if not isinstance(to, str) or not to:
         errors["to"] = ["The to field is required."]

@@ -65,7 +65,7 @@ def iso(moment: datetime | None) -> str | None:
     """ISO-8601 UTC with milliseconds and a `Z`, as mintfax writes timestamps."""
     if moment is None:
         return None
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+    return moment.isoformat(timespec="milliseconds").removesuffix("+00:00") + "Z"
 
 
 def new_event_id() -> str:
@@ -459,8 +459,9 @@ class Sandbox:
         self._finish_attempt(fax, code, message)
         fax.retries_remaining -= 1
         fax.updated_at = self.clock.now()
-        data = {**fax.event_data(), "error_code": code, "error_message": message}
-        self.emit("fax.retry_scheduled", data, fax.webhook_url)
+        if self.endpoints or fax.webhook_url:
+            data = {**fax.event_data(), "error_code": code, "error_message": message}
+            self.emit("fax.retry_scheduled", data, fax.webhook_url)
 
     def deliver(self, fax: Fax, pages: int) -> None:
         """Terminal success: capture the actual cost and give back what the estimate overheld."""
@@ -503,7 +504,8 @@ class Sandbox:
         return endpoint
 
     def emit_fax(self, event: str, fax: Fax) -> None:
-        self.emit(event, fax.event_data(), fax.webhook_url)
+        if self.endpoints or fax.webhook_url:  # building the payload costs; skip it unheard
+            self.emit(event, fax.event_data(), fax.webhook_url)
 
     def emit(self, event: str, data: dict[str, Any], fax_url: str | None = None) -> None:
         """Send one event to every subscribed endpoint and the fax's own `webhook_url`."""
