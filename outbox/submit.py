@@ -19,6 +19,7 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any, Protocol
 
+import redis
 from pydantic import SecretStr
 from sqlalchemy import Engine
 
@@ -27,6 +28,7 @@ from outbox.alerts import Alert, Alerter
 from outbox.clock import Clock
 from outbox.errors import (
     AuthenticationFailed,
+    ConfigurationError,
     FaxOutboxError,
     IdempotencyInProgress,
     IdempotencyKeyReuse,
@@ -49,6 +51,7 @@ log = logging.getLogger("faxout.submit")
 # an unknown outcome could create a second fax, so such rows are parked for a human instead.
 IDEMPOTENCY_WINDOW = timedelta(hours=24)
 IDEMPOTENCY_SAFETY_MARGIN = timedelta(minutes=30)
+REDIS_OUTAGE_DELAY = timedelta(seconds=5)
 
 
 class Outcome(StrEnum):
@@ -140,14 +143,14 @@ def submit_fax(ctx: SubmitContext, fax_id: int) -> Outcome:
     if plan is not None:
         return _apply(ctx, claimed, plan, started=now, duration_ms=0)
 
-    if ctx.mirror.is_paused():
-        return _release(ctx, claimed, now, Outcome.PAUSED)
-    while (wait := ctx.throttle.acquire()) > 0:
-        if wait > ctx.max_inline_wait:
-            return _release(ctx, claimed, now + timedelta(seconds=wait), Outcome.THROTTLED)
-        ctx.sleep(wait)
-        if ctx.mirror.is_paused():
-            return _release(ctx, claimed, ctx.clock.now(), Outcome.PAUSED)
+    try:
+        held = _wait_for_turn(ctx, claimed, now)
+    except redis.RedisError as exc:
+        # Without the throttle nobody may call mintfax: give the row back for a little while.
+        log.warning("fax %s: throttle unavailable (%s); retrying soon", claimed.id, exc)
+        return _release(ctx, claimed, now + REDIS_OUTAGE_DELAY, Outcome.THROTTLED)
+    if held is not None:
+        return held
 
     started, t0 = ctx.clock.now(), ctx.monotonic()
     try:
@@ -166,6 +169,19 @@ def submit_fax(ctx: SubmitContext, fax_id: int) -> Outcome:
         plan = plan_success(claimed, result, ctx.clock.now())
     duration_ms = max(0, int((ctx.monotonic() - t0) * 1000))
     return _apply(ctx, claimed, plan, started=started, duration_ms=duration_ms)
+
+
+def _wait_for_turn(ctx: SubmitContext, claimed: ClaimedFax, now: datetime) -> Outcome | None:
+    """None once a throttle token is held; else the row was given back (paused, throttled)."""
+    if ctx.mirror.is_paused():
+        return _release(ctx, claimed, now, Outcome.PAUSED)
+    while (wait := ctx.throttle.acquire()) > 0:
+        if wait > ctx.max_inline_wait:
+            return _release(ctx, claimed, now + timedelta(seconds=wait), Outcome.THROTTLED)
+        ctx.sleep(wait)
+        if ctx.mirror.is_paused():
+            return _release(ctx, claimed, ctx.clock.now(), Outcome.PAUSED)
+    return None
 
 
 def plan_success(claimed: ClaimedFax, result: Any, now: datetime) -> _Plan:
@@ -306,7 +322,15 @@ def _precheck(ctx: SubmitContext, claimed: ClaimedFax, now: datetime) -> _Plan |
                 detail={"first_attempt_at": claimed.first_attempt_at.isoformat()},
             ),
         )
-    key_problem = api_key_problem(ctx.api_key(), ctx.environment)
+    try:
+        key_problem = api_key_problem(ctx.api_key(), ctx.environment)
+    except ConfigurationError as exc:  # e.g. MINTFAX_API_KEY_FILE unreadable mid-rotation
+        return _Plan(
+            outcome=Outcome.PAUSED,
+            log_outcome="paused",
+            values=_pending(now, {"kind": "ConfigurationError", "message": str(exc)}),
+            pause=PauseReason.AUTHENTICATION_FAILED,
+        )
     if key_problem:
         return _Plan(
             outcome=Outcome.PAUSED,

@@ -44,6 +44,12 @@ def run_relay(settings: Settings, stop: threading.Event, *, poll_interval: float
                 log.warning("relay lost the database (%s); retrying in %.1fs", exc, backoff)
                 stop.wait(backoff)
                 backoff = min(backoff * 2, 10.0)
+            except Exception:
+                # Broker or anything else: rows already marked are republished after the
+                # redispatch delay, so the relay only has to stay alive and try again.
+                log.exception("relay error; retrying in %.1fs", backoff)
+                stop.wait(backoff)
+                backoff = min(backoff * 2, 10.0)
     finally:
         runtime.dispose()
 

@@ -11,6 +11,7 @@ import random
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -406,3 +407,32 @@ def test_lost_message_is_redispatched(harness: Harness) -> None:
     assert harness.dispatch() == []  # in flight: not published twice
     harness.clock.advance(61)  # ... its message never arrived
     assert harness.dispatch() == [fax_id]
+
+
+def test_unreachable_redis_gives_the_row_back_without_sending(harness: Harness) -> None:
+    from workers.embedded import free_port
+
+    dead = redis.Redis(host="127.0.0.1", port=free_port(), socket_connect_timeout=0.2)
+    harness.ctx.mirror = PauseMirror(dead)
+    fax_id = harness.enqueue()
+    harness.dispatch()
+    assert harness.submit(fax_id) is Outcome.THROTTLED
+    row = harness.row(fax_id)
+    assert row["status"] == "pending" and row["attempts"] == 0
+    assert harness.sender.calls == []
+
+
+def test_unreadable_key_file_pauses_instead_of_failing_rows(
+    harness: Harness, tmp_path: Path
+) -> None:
+    from outbox.settings import Settings
+
+    settings = Settings.from_env({"MINTFAX_API_KEY_FILE": str(tmp_path / "missing")})
+    harness.ctx.api_key = settings.api_key
+    fax_id = harness.enqueue()
+    harness.dispatch()
+    assert harness.submit(fax_id) is Outcome.PAUSED
+    assert harness.sender.calls == []
+    [pause] = harness.fleet.open_pauses()
+    assert pause.reason == "authentication_failed"
+    assert harness.row(fax_id)["last_error"]["kind"] == "ConfigurationError"
