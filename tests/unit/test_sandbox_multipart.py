@@ -83,3 +83,11 @@ def test_the_first_part_of_a_repeated_name_wins() -> None:
 def test_malformed_bodies_are_refused(body: bytes, content_type: str, reason: str) -> None:
     with pytest.raises(MultipartError, match=reason):
         parse(body, content_type)
+
+
+def test_escaped_quotes_in_a_file_name() -> None:
+    body = (
+        b'--x\r\nContent-Disposition: form-data; name="file"; filename="a \\"b\\".pdf"\r\n\r\n'
+        b"%PDF-1.4\r\n--x--\r\n"
+    )
+    assert parse(body, "multipart/form-data; boundary=x")["file"].filename == 'a "b".pdf'

@@ -682,7 +682,8 @@ def create_app(
 ) -> Starlette:
     """The simulator as an ASGI app; `app.state.sandbox` is its state (for in-process tests).
 
-    `extra_routes` lets the benchmark put a bare endpoint on the very same app and server.
+    `extra_routes` (matched first) let the benchmark put a bare endpoint on the very same app
+    and server.
     """
     sandbox = sandbox or Sandbox(config or SandboxConfig())
 
@@ -705,7 +706,7 @@ def create_app(
         return error_response(error, _ctx(request).request_id)
 
     app = Starlette(
-        routes=[*api_routes(sandbox), *control_routes(sandbox), *(extra_routes or [])],
+        routes=[*(extra_routes or []), *api_routes(sandbox), *control_routes(sandbox)],
         exception_handlers={ApiError: on_api_error, HTTPException: on_http_error},
         lifespan=lifespan,
     )

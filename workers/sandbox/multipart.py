@@ -10,7 +10,12 @@ filename=...`, and a closing delimiter; anything else is `MultipartError`.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
+
+# One `name=value` parameter of a header: the value quoted (with backslash escapes) or bare.
+_PARAM = re.compile(r'([^\s=;]+)[ \t]*=[ \t]*(?:"([^"\\]*(?:\\.[^"\\]*)*)"|([^;]*))')
+_ESCAPE = re.compile(r"\\(.)")
 
 
 class MultipartError(ValueError):
@@ -79,32 +84,11 @@ def _disposition(head: bytes) -> tuple[str, str | None]:
 def _params(text: str) -> list[tuple[str, str]]:
     """`; a=b; c="d; e"` -> [("a", "b"), ("c", "d; e")], honouring quotes and escapes."""
     result: list[tuple[str, str]] = []
-    i, n = 0, len(text)
-    while i < n:
-        while i < n and text[i] in " \t;":
-            i += 1
-        start = i
-        while i < n and text[i] not in "=;":
-            i += 1
-        name = text[start:i].strip().lower()
-        value = ""
-        if i < n and text[i] == "=":
-            i += 1
-            if i < n and text[i] == '"':
-                i += 1
-                chars: list[str] = []
-                while i < n and text[i] != '"':
-                    if text[i] == "\\" and i + 1 < n:
-                        i += 1
-                    chars.append(text[i])
-                    i += 1
-                i += 1  # closing quote
-                value = "".join(chars)
-            else:
-                start = i
-                while i < n and text[i] != ";":
-                    i += 1
-                value = text[start:i].strip()
-        if name:
-            result.append((name, value))
+    for match in _PARAM.finditer(text):
+        name, quoted, bare = match.groups()
+        if quoted is None:
+            value = bare.strip()
+        else:
+            value = _ESCAPE.sub(r"\1", quoted) if "\\" in quoted else quoted
+        result.append((name.lower(), value))
     return result

@@ -252,7 +252,7 @@ class Sandbox:
         self.limiter = SlidingWindowLimiter(config.rate_limit_per_minute)
         self._client: httpx.AsyncClient | None = None
         self._dispatcher: WebhookDispatcher | None = None
-        self._carrier_tasks: set[asyncio.Task[None]] = set()
+        self._runs: set[carrier.FaxRun] = set()
         # Open connections by client address, filled by the server's protocol class, so a
         # fault can reset the very connection a request arrived on.
         self.transports: dict[Any, asyncio.Transport] = {}
@@ -303,11 +303,9 @@ class Sandbox:
         self._init_state(self.initial_config)
 
     async def _cancel_background(self) -> None:
-        tasks = list(self._carrier_tasks)
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        self._carrier_tasks.clear()
+        for run in self._runs:
+            run.cancel()
+        self._runs.clear()
         if self._dispatcher is not None:
             await self._dispatcher.close()
 
@@ -424,9 +422,9 @@ class Sandbox:
         if fingerprint in self.content_seen:
             self.stats.same_content_creations += 1
         self.content_seen.add(fingerprint)
-        task = asyncio.get_running_loop().create_task(carrier.run_fax(self, fax, scenario))
-        self._carrier_tasks.add(task)
-        task.add_done_callback(self._carrier_tasks.discard)
+        run = carrier.FaxRun(self, fax, scenario, on_done=self._runs.discard)
+        self._runs.add(run)
+        run.start()
         self.emit_fax("fax.queued", fax)
         return fax
 
