@@ -125,8 +125,9 @@ def test_hold_stays_through_carrier_retries(sandbox: SandboxHandle) -> None:
 def test_magic_0006_is_402_with_no_record_no_hold_no_event(
     sandbox: SandboxHandle, webhook_sink: WebhookSink
 ) -> None:
-    response = sandbox.send_fax("+15005550006", webhook_url=webhook_sink.url)
+    response = sandbox.send_fax("+15005550006", webhook_url=webhook_sink.url, idempotency_key="i")
     assert response.status_code == 402
+    assert response.headers["x-idempotency-key"] == "i"
     body = response.json()
     assert (body["error"], body["action"]) == ("insufficient_balance", "top_up_balance")
     assert sandbox.faxes() == []

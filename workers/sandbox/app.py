@@ -15,7 +15,7 @@ import re
 import secrets
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -47,7 +47,7 @@ class RequestContext:
     """Per-request facts the gate and handlers share through the ASGI scope."""
 
     request_id: str
-    api_key: str | None = None
+    api_key: str | None = field(default=None, repr=False)  # a secret: never in a repr
     outcome: str | None = None
     arrival: dict[str, Any] | None = None
 
@@ -386,8 +386,17 @@ def api_routes(sandbox: Sandbox) -> list[Route]:
     """The generation-A endpoints under `/v1`."""
 
     async def create_fax(request: Request) -> Response:
-        ctx = _ctx(request)
         header_key = request.headers.get("idempotency-key")
+        try:
+            return await _create_fax(request, header_key)
+        except ApiError as error:
+            # mintfax echoes the key on every answer to a request that carried one.
+            if header_key is not None and len(header_key) <= MAX_KEY_LENGTH:
+                error.headers.setdefault("X-Idempotency-Key", header_key)
+            raise
+
+    async def _create_fax(request: Request, header_key: str | None) -> Response:
+        ctx = _ctx(request)
         sandbox.note_submission(header_key)
         ctx.arrival = sandbox.log_arrival(header_key)
         fault = sandbox.faults.draw()
