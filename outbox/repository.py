@@ -13,6 +13,7 @@ from typing import Any
 
 import psycopg
 import sqlalchemy.exc
+from psycopg.rows import tuple_row
 from psycopg.types.json import Jsonb
 from sqlalchemy import Connection, func, select, text, update
 from sqlalchemy.dialects.postgresql import insert
@@ -57,12 +58,18 @@ def insert_intents(conn: Connection, rows: Sequence[Mapping[str, Any]]) -> dict[
     if not rows:
         return {}
     if conn.dialect.driver == "psycopg":
-        return _insert_intents_psycopg(conn, rows)
+        driver_connection = conn.connection.driver_connection
+        if isinstance(driver_connection, psycopg.Connection):
+            return _insert_intents_psycopg(conn, driver_connection, rows)
     result = conn.execute(_INSERT_INTENT, rows[0] if len(rows) == 1 else list(rows))
     return {key: row_id for key, row_id in result}
 
 
-def _insert_intents_psycopg(conn: Connection, rows: Sequence[Mapping[str, Any]]) -> dict[str, int]:
+def _insert_intents_psycopg(
+    conn: Connection,
+    driver_connection: psycopg.Connection[Any],
+    rows: Sequence[Mapping[str, Any]],
+) -> dict[str, int]:
     # The hot path of enqueue, measured in bench/enqueue.py: SQLAlchemy's per-statement work
     # costs about as much as the INSERT itself, and its multi-row VALUES form is far slower
     # than psycopg's executemany, which pipelines the rows (no round trip each) and keeps each
@@ -72,9 +79,8 @@ def _insert_intents_psycopg(conn: Connection, rows: Sequence[Mapping[str, Any]])
         conn.begin()
     params = [{**row, "metadata": Jsonb(row["metadata"])} for row in rows]
     created: dict[str, int] = {}
-    driver_connection = conn.connection.driver_connection
-    assert isinstance(driver_connection, psycopg.Connection)
-    cursor = driver_connection.cursor()
+    # Tuples whatever row factory the application configured on its connections.
+    cursor = driver_connection.cursor(row_factory=tuple_row)
     try:
         if len(params) == 1:
             cursor.execute(_INSERT_INTENT_SQL, params[0])
