@@ -322,35 +322,33 @@ def test_updates_stamp_updated_at(conn: psycopg.Connection[Any]) -> None:
     assert found == (True,)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="schema bug (reported to the lead): the identity of a pending fax can be rewritten, "
-    "leaving idempotency_key and document_sha256 describing a document no longer stored",
-)
 @pytest.mark.parametrize(
     ("assignment", "value"),
     [
         ("to_number = %s", "+12127365001"),
         ("reference = %s", "ref-2"),
         ("idempotency_key = %s", "another"),
+        ("filename = %s", "other.pdf"),
+        ("document = %s", b"%PDF-1.4 another document"),
     ],
 )
 def test_a_pending_fax_keeps_its_identity(
     conn: psycopg.Connection[Any], assignment: str, value: str
 ) -> None:
     fax_id = _insert(conn)
-    with pytest.raises(pg_errors.CheckViolation):
+    with pytest.raises(pg_errors.CheckViolation) as caught:
         conn.execute(
             f"UPDATE fax_outbox SET {assignment} WHERE id = %s",
             [value, fax_id],
         )
+    assert "never change; enqueue a new fax instead" in str(caught.value)
 
 
 def test_database_constraint_names_are_the_models_names(conn: psycopg.Connection[Any]) -> None:
     # Alembic's autogenerate (and so `faxout db check`) does not compare CHECK constraints, so a
     # migration that names them differently from outbox.models would go unnoticed; the names
     # are what operators and error handlers see.
-    dialect = postgresql.dialect()
+    dialect = postgresql.psycopg.dialect()
     expected = {
         (table.name, name)
         for table in metadata.sorted_tables
