@@ -176,10 +176,19 @@ class Stack:
         return process.returncode
 
     def stop_all(self, grace: float = 20.0) -> None:
-        """Stop everything, producers first (relays), the sandbox last."""
-        order = sorted(self.processes, key=lambda n: (n == "sandbox", not n.startswith("relay")))
-        for name in order:
-            self.stop(name, grace)
+        """Stop everything: relays first (no new messages), then workers and beat together (each
+        finishes what it holds), the sandbox last."""
+        relays = [n for n in self.processes if n.startswith("relay")]
+        rest = [n for n in self.processes if n not in relays and n != "sandbox"]
+        for group in (relays, rest, ["sandbox"]):
+            running = [n for n in group if n in self.processes]
+            for name in running:  # signal the whole group first, then wait: in parallel
+                process = self.processes[name]
+                if process.poll() is None:
+                    with contextlib.suppress(ProcessLookupError):
+                        process.send_signal(signal.SIGTERM)
+            for name in running:
+                self.stop(name, grace)
 
     def _check_alive(self, name: str) -> None:
         process = self.processes[name]

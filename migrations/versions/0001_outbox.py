@@ -76,6 +76,24 @@ BEGIN
 END $$;
 """
 
+# What a fax is never changes after insert: its key and fingerprint must keep describing the
+# stored document. Fires only when an UPDATE names one of these columns, so ordinary status
+# updates never compare (and detoast) the document.
+IDENTITY_FUNCTION = r"""
+CREATE FUNCTION fax_outbox_identity_immutable() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF (NEW.idempotency_key, NEW.to_number, NEW.document_sha256, NEW.filename, NEW.reference)
+       IS DISTINCT FROM
+       (OLD.idempotency_key, OLD.to_number, OLD.document_sha256, OLD.filename, OLD.reference)
+       OR NEW.document IS DISTINCT FROM OLD.document THEN
+        RAISE EXCEPTION 'fax_outbox %: recipient, document, filename, reference and key of a '
+            'fax never change; enqueue a new fax instead', OLD.id
+            USING ERRCODE = 'check_violation';
+    END IF;
+    RETURN NEW;
+END $$;
+"""
+
 NOTIFY_FUNCTION = r"""
 CREATE FUNCTION fax_outbox_notify_new() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
@@ -226,6 +244,12 @@ def upgrade() -> None:
         "CREATE TRIGGER fax_outbox_guard_transition BEFORE UPDATE ON fax_outbox "
         "FOR EACH ROW EXECUTE FUNCTION fax_outbox_guard_transition()"
     )
+    op.execute(IDENTITY_FUNCTION)
+    op.execute(
+        "CREATE TRIGGER fax_outbox_identity_immutable BEFORE UPDATE OF idempotency_key, "
+        "to_number, document, document_sha256, filename, reference ON fax_outbox "
+        "FOR EACH ROW EXECUTE FUNCTION fax_outbox_identity_immutable()"
+    )
     op.execute(NOTIFY_FUNCTION)
     # One NOTIFY per statement, not per row: a bulk insert wakes the relay once.
     op.execute(
@@ -236,9 +260,11 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     op.execute("DROP TRIGGER IF EXISTS fax_outbox_notify_new ON fax_outbox")
+    op.execute("DROP TRIGGER IF EXISTS fax_outbox_identity_immutable ON fax_outbox")
     op.execute("DROP TRIGGER IF EXISTS fax_outbox_guard_transition ON fax_outbox")
     op.execute("DROP TRIGGER IF EXISTS fax_outbox_fill_keys ON fax_outbox")
     op.execute("DROP FUNCTION IF EXISTS fax_outbox_notify_new()")
+    op.execute("DROP FUNCTION IF EXISTS fax_outbox_identity_immutable()")
     op.execute("DROP FUNCTION IF EXISTS fax_outbox_guard_transition()")
     op.execute("DROP FUNCTION IF EXISTS fax_outbox_fill_keys()")
     op.drop_table("fax_attempts")
