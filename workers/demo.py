@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
 import tempfile
 import time
 import uuid
@@ -134,7 +135,14 @@ def run(*, faxes: int = 300, flower: bool = False, timeout: float = 90.0) -> int
             console, engine, throttle, control_plane, control, prefix, faxes, state, timeout
         )
         console.print()
-        return _summary(console, engine, control, prefix, faxes, state, done, fleet)
+        code = _summary(console, engine, control, prefix, faxes, state, done, fleet)
+        if flower and sys.stdin.isatty():
+            # Leave the fleet up so the operator can browse Flower's task history.
+            console.print("Flower and the fleet stay up; press Ctrl-C to stop them.")
+            with contextlib.suppress(KeyboardInterrupt):
+                while True:
+                    time.sleep(1)
+        return code
 
 
 def _fleet_env(urls: embedded.ServiceURLs) -> dict[str, str]:
