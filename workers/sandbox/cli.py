@@ -16,6 +16,10 @@ def sandbox(
     rate_limit_per_minute: Annotated[
         int, typer.Option(help="Requests per key per sliding 60 s window (0 = unlimited).")
     ] = 60,
+    rate_limit_window_seconds: Annotated[
+        float,
+        typer.Option(help="Length of the sliding window (mintfax: 60; shorter only for tests)."),
+    ] = 60.0,
     faults: Annotated[
         str,
         typer.Option(
@@ -46,6 +50,8 @@ def sandbox(
         problems.append("--webhook-signing must be a or b")
     if rate_limit_per_minute < 0:
         problems.append("--rate-limit-per-minute must be >= 0")
+    if rate_limit_window_seconds <= 0:
+        problems.append("--rate-limit-window-seconds must be > 0")
     if time_scale < 0:
         problems.append("--time-scale must be >= 0")
     if not 0 <= port <= 65535:
@@ -56,6 +62,7 @@ def sandbox(
         raise typer.Exit(2)
     config = SandboxConfig(
         rate_limit_per_minute=rate_limit_per_minute,
+        rate_limit_window_seconds=rate_limit_window_seconds,
         time_scale=time_scale,
         webhook_signing="b" if webhook_signing == "b" else "a",
         faults=fault_config,

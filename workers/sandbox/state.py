@@ -51,6 +51,8 @@ class SandboxConfig:
     """How the simulator behaves; everything but `initial_balance` can change at runtime."""
 
     rate_limit_per_minute: int = 60
+    # mintfax's window is 60 s; a shorter one only shortens rate-limit tests (set at start).
+    rate_limit_window_seconds: float = 60.0
     time_scale: float = 1.0
     webhook_signing: Signing = "a"
     price_per_page: int = 10
@@ -249,7 +251,9 @@ class Sandbox:
         self.account_secret = (
             account_secret or os.environ.get("FAXOUT_SANDBOX_WEBHOOK_SECRET") or new_secret()
         )
-        self.limiter = SlidingWindowLimiter(config.rate_limit_per_minute)
+        self.limiter = SlidingWindowLimiter(
+            config.rate_limit_per_minute, config.rate_limit_window_seconds
+        )
         self._client: httpx.AsyncClient | None = None
         self._dispatcher: WebhookDispatcher | None = None
         self._runs: set[carrier.FaxRun] = set()
