@@ -10,6 +10,7 @@ Settings are read when Celery configures the app, in the worker's own process.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from celery import Celery, signals
@@ -22,6 +23,9 @@ app = Celery("faxout", include=["workers.tasks"])
 
 def configure(settings: Settings) -> None:
     """Apply fax-outbox's Celery configuration for `settings`."""
+    # httpx logs every request at INFO; submit already logs one masked line per fax, and a
+    # second, unmasked one per request costs CPU on the hot path for nothing.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     app.conf.update(
         broker_url=settings.require_redis_url(),
         broker_connection_retry_on_startup=True,
@@ -46,9 +50,11 @@ def configure(settings: Settings) -> None:
         worker_prefetch_multiplier=1,
         task_default_queue=QUEUE,
         task_create_missing_queues=True,
-        # Task events for Flower.
-        worker_send_task_events=True,
-        task_send_sent_event=True,
+        # Task events feed Flower only, and cost more than a submit itself: one Redis PUBLISH
+        # per event, four per fax, most of a worker's main-process CPU (bench/drain.py). Off
+        # by default; Flower switches the workers' events on while it runs (`enable_events`).
+        worker_send_task_events=False,
+        task_send_sent_event=False,
         worker_hijack_root_logger=False,
         timezone="UTC",
         enable_utc=True,
