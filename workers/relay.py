@@ -59,7 +59,7 @@ def _loop(
 ) -> None:
     while not stop.is_set():
         dispatched = dispatcher.run_once()
-        if dispatcher.queue_depth() >= dispatcher.max_queued:
+        if not dispatcher.needs_rows(dispatcher.queue_depth()):
             timeout = BACKPRESSURE_SLEEP
         else:
             timeout = dispatcher.seconds_until_due(poll)
