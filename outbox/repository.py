@@ -6,6 +6,7 @@ passed in as `now` (the injected clock), not taken from the database, so tests c
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -15,7 +16,7 @@ import psycopg
 import sqlalchemy.exc
 from psycopg.rows import tuple_row
 from psycopg.types.json import Jsonb
-from sqlalchemy import Connection, func, select, text, update
+from sqlalchemy import Connection, Update, bindparam, func, select, text, update
 from sqlalchemy.dialects.postgresql import insert
 
 from outbox.models import FaxStatus, alerts, fax_attempts, fax_outbox, fleet_pauses
@@ -265,22 +266,38 @@ def update_claimed(conn: Connection, fax_id: int, *, owner: str, values: Mapping
 
     Leaving `sending` clears the lease columns, as the lease_iff_sending constraint requires.
     """
-    c = fax_outbox.c
     changes = dict(values)
     if changes.get("status", FaxStatus.SENDING) != FaxStatus.SENDING:
         changes.setdefault("lease_owner", None)
         changes.setdefault("lease_expires_at", None)
-    result = conn.execute(
-        update(fax_outbox)
-        .where(c.id == fax_id, c.status == FaxStatus.SENDING, c.lease_owner == owner)
-        .values(**changes)
-    )
+    params = {f"new_{name}": value for name, value in changes.items()}
+    params.update(lease_fax_id=fax_id, lease_holder=owner)
+    result = conn.execute(_update_claimed_statement(tuple(sorted(changes))), params)
     return result.rowcount == 1
+
+
+@functools.cache
+def _update_claimed_statement(columns: tuple[str, ...]) -> Update:
+    # One statement object per set of columns, built once: building `update().values(...)`
+    # and its cache key on every call cost as much CPU as running it (bench/drain.py).
+    c = fax_outbox.c
+    return (
+        update(fax_outbox)
+        .where(
+            c.id == bindparam("lease_fax_id"),
+            c.status == FaxStatus.SENDING,
+            c.lease_owner == bindparam("lease_holder"),
+        )
+        .values({name: bindparam(f"new_{name}", type_=c[name].type) for name in columns})
+    )
+
+
+_INSERT_ATTEMPT = insert(fax_attempts)
 
 
 def record_attempt(conn: Connection, **values: Any) -> None:
     """Append one row to the attempt log."""
-    conn.execute(insert(fax_attempts).values(**values))
+    conn.execute(_INSERT_ATTEMPT, values)
 
 
 def rescue_expired_leases(
