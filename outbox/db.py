@@ -24,6 +24,5 @@ def as_connection(conn_or_session: Connection | Session) -> Connection:
     if isinstance(conn_or_session, Connection):
         return conn_or_session
     raise TypeError(
-        "expected a sqlalchemy Connection or Session, "
-        f"got {type(conn_or_session).__name__}"
+        f"expected a sqlalchemy Connection or Session, got {type(conn_or_session).__name__}"
     )
