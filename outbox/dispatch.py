@@ -4,11 +4,17 @@ The relay process (`faxout relay`) calls `Dispatcher.run_once` whenever Postgres
 insert, and on a short timer for retries that have come due. Several relays may run at once:
 `FOR UPDATE SKIP LOCKED` hands each row to one of them. Messages carry only the row id; the
 submit task claims the row again, so a lost or duplicated message is harmless (invariant 1).
+
+A message carries a short list of row ids, not one: Celery's fixed cost per message (broker
+round trips, ack bookkeeping, the pool's task wrapper) was most of the CPU a fax cost
+(bench/drain.py). Small dispatches are spread over several messages so that every worker
+gets work; a large backlog goes out `ids_per_message` rows at a time.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from sqlalchemy import Engine
@@ -31,17 +37,27 @@ class Dispatcher:
     """
 
     engine: Engine
-    publish: Callable[[int], None]
+    publish: Callable[[Sequence[int]], None]
     queue_depth: Callable[[], int]
     clock: Clock
     batch_size: int = 100
-    max_queued: int = 200
+    max_queued: int = 40  # messages
     redispatch_after: float = REDISPATCH_AFTER_SECONDS
+    ids_per_message: int = 10
+    # A dispatch of few rows is split over at least this many messages (one row each at most).
+    spread: int = 8
+
+    def chunks(self, ids: Sequence[int]) -> list[Sequence[int]]:
+        """Split one dispatch into messages: spread small ones, cap large ones."""
+        if not ids:
+            return []
+        size = max(1, min(self.ids_per_message, math.ceil(len(ids) / self.spread)))
+        return [ids[i : i + size] for i in range(0, len(ids), size)]
 
     @property
     def refill_at(self) -> int:
-        """Room the queue must have before it is topped up (a full batch, when it fits)."""
-        return max(1, min(self.batch_size, self.max_queued))
+        """Messages of room the queue must have before it is topped up (a full batch)."""
+        return max(1, min(math.ceil(self.batch_size / self.ids_per_message), self.max_queued))
 
     def needs_rows(self, depth: int) -> bool:
         """Whether a queue holding `depth` messages should be topped up now.
@@ -58,21 +74,22 @@ class Dispatcher:
         depth = self.queue_depth()
         if not self.needs_rows(depth):
             return 0
-        room = self.max_queued - depth
+        room = self.max_queued - depth  # in messages
         total = 0
         while room > 0:
             with self.engine.begin() as conn:
                 ids = repository.dispatch_due(
                     conn,
                     now=self.clock.now(),
-                    limit=min(room, self.batch_size),
+                    limit=min(room * self.ids_per_message, self.batch_size),
                     redispatch_after=self.redispatch_after,
                 )
             # Published after commit: a message never names a row that is not yet dispatched.
-            for fax_id in ids:
-                self.publish(fax_id)
+            messages = self.chunks(ids)
+            for chunk in messages:
+                self.publish(chunk)
             total += len(ids)
-            room -= len(ids)
+            room -= len(messages)
             if len(ids) < self.batch_size:
                 break
         return total

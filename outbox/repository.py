@@ -16,7 +16,8 @@ import psycopg
 import sqlalchemy.exc
 from psycopg.rows import tuple_row
 from psycopg.types.json import Jsonb
-from sqlalchemy import Connection, Update, bindparam, func, select, text, update
+from sqlalchemy import Connection, Update, bindparam, cast, func, select, text, update
+from sqlalchemy.sql.dml import ReturningInsert
 from sqlalchemy.dialects.postgresql import insert
 
 from outbox.models import FaxStatus, alerts, fax_attempts, fax_outbox, fleet_pauses
@@ -293,6 +294,55 @@ def _update_claimed_statement(columns: tuple[str, ...]) -> Update:
 
 
 _INSERT_ATTEMPT = insert(fax_attempts)
+_ATTEMPT_COLUMNS = (
+    "attempt",
+    "worker",
+    "started_at",
+    "finished_at",
+    "duration_ms",
+    "outcome",
+    "http_status",
+    "error",
+    "request_id",
+)
+
+
+def finish_claimed(
+    conn: Connection,
+    fax_id: int,
+    *,
+    owner: str,
+    values: Mapping[str, Any],
+    attempt: Mapping[str, Any],
+) -> bool:
+    """`update_claimed` and `record_attempt` in one statement (one round trip, atomic even in
+    autocommit): the attempt is logged only if the lease was still held. False if it was lost.
+    """
+    changes = dict(values)
+    if changes.get("status", FaxStatus.SENDING) != FaxStatus.SENDING:
+        changes.setdefault("lease_owner", None)
+        changes.setdefault("lease_expires_at", None)
+    params = {f"new_{name}": value for name, value in changes.items()}
+    params.update(lease_fax_id=fax_id, lease_holder=owner)
+    params.update({f"attempt_{name}": attempt.get(name) for name in _ATTEMPT_COLUMNS})
+    result = conn.execute(_finish_statement(tuple(sorted(changes))), params)
+    return result.first() is not None
+
+
+@functools.cache
+def _finish_statement(columns: tuple[str, ...]) -> ReturningInsert[Any]:
+    updated = _update_claimed_statement(columns).returning(fax_outbox.c.id).cte("updated")
+    a = fax_attempts.c
+    # Casts, because Postgres does not infer parameter types from INSERT ... SELECT targets.
+    attempt_values = [
+        cast(bindparam(f"attempt_{name}", type_=a[name].type), a[name].type)
+        for name in _ATTEMPT_COLUMNS
+    ]
+    return (
+        insert(fax_attempts)
+        .from_select(["fax_id", *_ATTEMPT_COLUMNS], select(updated.c.id, *attempt_values))
+        .returning(fax_attempts.c.fax_id)
+    )
 
 
 def record_attempt(conn: Connection, **values: Any) -> None:

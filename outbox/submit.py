@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import random
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from enum import StrEnum
@@ -21,7 +21,7 @@ from typing import Any, Protocol
 
 import redis
 from pydantic import SecretStr
-from sqlalchemy import Engine
+from sqlalchemy import Connection, Engine
 
 from outbox import repository
 from outbox.alerts import Alert, Alerter
@@ -113,6 +113,13 @@ class SubmitContext:
     webhook_url: str | None = None
     sleep: Callable[[float], None] = time.sleep
     monotonic: Callable[[], float] = time.monotonic
+    # Same database in autocommit mode, for the single-statement steps (claim, release, the
+    # common finish): no BEGIN/COMMIT round trips. Defaults to `engine`.
+    autocommit_engine: Engine | None = None
+
+    @property
+    def fast_engine(self) -> Engine:
+        return self.autocommit_engine or self.engine
 
 
 @dataclass(frozen=True)
@@ -131,8 +138,20 @@ class _Plan:
 
 def submit_fax(ctx: SubmitContext, fax_id: int) -> Outcome:
     """Try to hand row `fax_id` to mintfax once; safe to call any number of times per row."""
+    # One connection for the whole submission: one checkout (and liveness ping) per fax.
+    with ctx.fast_engine.connect() as conn:
+        return _submit(ctx, conn, fax_id)
+
+
+def submit_faxes(ctx: SubmitContext, fax_ids: Sequence[int]) -> list[Outcome]:
+    """`submit_fax` for each row of one message, on one connection, in order."""
+    with ctx.fast_engine.connect() as conn:
+        return [_submit(ctx, conn, fax_id) for fax_id in fax_ids]
+
+
+def _submit(ctx: SubmitContext, conn: Connection, fax_id: int) -> Outcome:
     now = ctx.clock.now()
-    with ctx.engine.begin() as conn:
+    with conn.begin():
         claimed = repository.claim_for_submit(
             conn, fax_id, owner=ctx.worker_id, now=now, lease_seconds=ctx.lease_seconds
         )
@@ -141,14 +160,14 @@ def submit_fax(ctx: SubmitContext, fax_id: int) -> Outcome:
 
     plan = _precheck(ctx, claimed, now)
     if plan is not None:
-        return _apply(ctx, claimed, plan, started=now, duration_ms=0)
+        return _apply(ctx, conn, claimed, plan, started=now, duration_ms=0)
 
     try:
-        held = _wait_for_turn(ctx, claimed, now)
+        held = _wait_for_turn(ctx, conn, claimed, now)
     except redis.RedisError as exc:
         # Without the throttle nobody may call mintfax: give the row back for a little while.
         log.warning("fax %s: throttle unavailable (%s); retrying soon", claimed.id, exc)
-        return _release(ctx, claimed, now + REDIS_OUTAGE_DELAY, Outcome.THROTTLED)
+        return _release(ctx, conn, claimed, now + REDIS_OUTAGE_DELAY, Outcome.THROTTLED)
     if held is not None:
         return held
 
@@ -168,19 +187,21 @@ def submit_fax(ctx: SubmitContext, fax_id: int) -> Outcome:
     else:
         plan = plan_success(claimed, result, ctx.clock.now())
     duration_ms = max(0, int((ctx.monotonic() - t0) * 1000))
-    return _apply(ctx, claimed, plan, started=started, duration_ms=duration_ms)
+    return _apply(ctx, conn, claimed, plan, started=started, duration_ms=duration_ms)
 
 
-def _wait_for_turn(ctx: SubmitContext, claimed: ClaimedFax, now: datetime) -> Outcome | None:
+def _wait_for_turn(
+    ctx: SubmitContext, conn: Connection, claimed: ClaimedFax, now: datetime
+) -> Outcome | None:
     """None once a throttle token is held; else the row was given back (paused, throttled)."""
     if ctx.mirror.is_paused():
-        return _release(ctx, claimed, now, Outcome.PAUSED)
+        return _release(ctx, conn, claimed, now, Outcome.PAUSED)
     while (wait := ctx.throttle.acquire()) > 0:
         if wait > ctx.max_inline_wait:
-            return _release(ctx, claimed, now + timedelta(seconds=wait), Outcome.THROTTLED)
+            return _release(ctx, conn, claimed, now + timedelta(seconds=wait), Outcome.THROTTLED)
         ctx.sleep(wait)
         if ctx.mirror.is_paused():
-            return _release(ctx, claimed, ctx.clock.now(), Outcome.PAUSED)
+            return _release(ctx, conn, claimed, ctx.clock.now(), Outcome.PAUSED)
     return None
 
 
@@ -373,9 +394,11 @@ def api_key_problem(key: SecretStr, environment: Environment) -> str | None:
     return None
 
 
-def _release(ctx: SubmitContext, claimed: ClaimedFax, at: datetime, outcome: Outcome) -> Outcome:
+def _release(
+    ctx: SubmitContext, conn: Connection, claimed: ClaimedFax, at: datetime, outcome: Outcome
+) -> Outcome:
     """Give the row back without using an attempt (pause or throttle wait)."""
-    with ctx.engine.begin() as conn:
+    with conn.begin():
         kept = repository.update_claimed(
             conn,
             claimed.id,
@@ -386,32 +409,45 @@ def _release(ctx: SubmitContext, claimed: ClaimedFax, at: datetime, outcome: Out
 
 
 def _apply(
-    ctx: SubmitContext, claimed: ClaimedFax, plan: _Plan, *, started: datetime, duration_ms: int
+    ctx: SubmitContext,
+    conn: Connection,
+    claimed: ClaimedFax,
+    plan: _Plan,
+    *,
+    started: datetime,
+    duration_ms: int,
 ) -> Outcome:
     if plan.cooldown is not None:
         # First, so that the rest of the fleet stops before this transaction even commits.
         ctx.throttle.cooldown(plan.cooldown)
-    alert_ids: list[int] = []
     error = plan.values.get("last_error")
-    with ctx.engine.begin() as conn:
-        kept = repository.update_claimed(conn, claimed.id, owner=ctx.worker_id, values=plan.values)
-        if kept:
-            repository.record_attempt(
-                conn,
-                fax_id=claimed.id,
-                attempt=claimed.attempts + 1,
-                worker=ctx.worker_id,
-                started_at=started,
-                finished_at=ctx.clock.now(),
-                duration_ms=duration_ms,
-                outcome=plan.log_outcome,
-                http_status=plan.http_status,
-                error=error,
-                request_id=plan.request_id,
+    attempt = {
+        "attempt": claimed.attempts + 1,
+        "worker": ctx.worker_id,
+        "started_at": started,
+        "finished_at": ctx.clock.now(),
+        "duration_ms": duration_ms,
+        "outcome": plan.log_outcome,
+        "http_status": plan.http_status,
+        "error": error,
+        "request_id": plan.request_id,
+    }
+    if plan.pause is None and plan.alert is None:
+        # The common case: the row's new state and its attempt log in one statement.
+        with conn.begin():
+            kept = repository.finish_claimed(
+                conn, claimed.id, owner=ctx.worker_id, values=plan.values, attempt=attempt
             )
+        _log_outcome(claimed, plan, duration_ms)
+        return plan.outcome if kept else Outcome.LEASE_LOST
+    alert_ids: list[int] = []
+    with ctx.engine.begin() as tx:
+        kept = repository.update_claimed(tx, claimed.id, owner=ctx.worker_id, values=plan.values)
+        if kept:
+            repository.record_attempt(tx, fax_id=claimed.id, **attempt)
             if plan.pause is not None:
                 _, alert_id = pause_in_transaction(
-                    conn,
+                    tx,
                     ctx.alerter,
                     reason=plan.pause,
                     detail={"fax_id": claimed.id, "error": error or {}},
@@ -420,18 +456,26 @@ def _apply(
                 )
                 alert_ids += [alert_id] if alert_id else []
             if plan.alert is not None:
-                alert_id = ctx.alerter.record(conn, plan.alert)
+                alert_id = ctx.alerter.record(tx, plan.alert)
                 alert_ids += [alert_id] if alert_id else []
     if plan.pause is not None:
-        with ctx.engine.connect() as conn:
+        with conn.begin():
             ctx.mirror.publish(repository.open_pauses(conn))
     ctx.alerter.deliver(ctx.engine, alert_ids)
-    log.info(
-        "fax %s to %s: %s (attempt %s, %d ms)",
-        claimed.id,
-        mask_number(claimed.to_number),
-        plan.log_outcome,
-        claimed.attempts + 1,
-        duration_ms,
-    )
+    _log_outcome(claimed, plan, duration_ms)
     return plan.outcome if kept else Outcome.LEASE_LOST
+
+
+def _log_outcome(claimed: ClaimedFax, plan: _Plan, duration_ms: int) -> None:
+    # Successes are routine (Celery logs each task's tally); everything else is worth a line.
+    level = logging.DEBUG if plan.outcome is Outcome.SUBMITTED else logging.INFO
+    if log.isEnabledFor(level):
+        log.log(
+            level,
+            "fax %s to %s: %s (attempt %s, %d ms)",
+            claimed.id,
+            mask_number(claimed.to_number),
+            plan.log_outcome,
+            claimed.attempts + 1,
+            duration_ms,
+        )

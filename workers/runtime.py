@@ -11,6 +11,7 @@ import os
 import random
 import socket
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
 
@@ -121,6 +122,7 @@ class Runtime:
     def submit_context(self) -> SubmitContext:
         return SubmitContext(
             engine=self.engine,
+            autocommit_engine=self.engine.execution_options(isolation_level="AUTOCOMMIT"),
             sender=self.client,
             throttle=self.throttle,
             mirror=self.mirror,
@@ -140,8 +142,8 @@ class Runtime:
 
         broker = self.redis
 
-        def send(fax_id: int) -> None:
-            app.send_task(SUBMIT_TASK, args=[fax_id], queue=QUEUE)
+        def send(fax_ids: Sequence[int]) -> None:
+            app.send_task(SUBMIT_TASK, args=[list(fax_ids)], queue=QUEUE)
 
         def depth() -> int:
             return int(broker.llen(QUEUE))

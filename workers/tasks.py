@@ -2,16 +2,24 @@
 
 from __future__ import annotations
 
+from collections import Counter
+
 from workers.app import app
 from workers.runtime import SUBMIT_TASK, Runtime
 
 
 @app.task(name=SUBMIT_TASK, ignore_result=True)
-def submit_fax(fax_id: int) -> str:
-    """Submit outbox row `fax_id` to mintfax (a no-op unless the row is claimable)."""
-    from outbox.submit import submit_fax as submit
+def submit_fax(fax_ids: list[int] | int) -> str:
+    """Submit outbox rows (a list of ids, or one id) to mintfax, one after the other.
 
-    return submit(Runtime.get().submit_context, int(fax_id)).value
+    Each row is claimed on its own, so a row already taken, finished or rescheduled is
+    skipped; a redelivered message redoes only what is still claimable.
+    """
+    from outbox.submit import submit_faxes
+
+    ids = [fax_ids] if isinstance(fax_ids, int) else [int(fax_id) for fax_id in fax_ids]
+    outcomes = Counter(o.value for o in submit_faxes(Runtime.get().submit_context, ids))
+    return ", ".join(f"{outcome}={count}" for outcome, count in sorted(outcomes.items()))
 
 
 @app.task(name="faxout.rescue_expired_leases", ignore_result=True)

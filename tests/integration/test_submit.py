@@ -436,3 +436,25 @@ def test_unreadable_key_file_pauses_instead_of_failing_rows(
     [pause] = harness.fleet.open_pauses()
     assert pause.reason == "authentication_failed"
     assert harness.row(fax_id)["last_error"]["kind"] == "ConfigurationError"
+
+
+def test_autocommit_fast_path_records_the_same_outcomes(harness: Harness) -> None:
+    """Workers run claim, release and the common finish on an autocommit connection."""
+    harness.ctx.autocommit_engine = harness.engine.execution_options(isolation_level="AUTOCOMMIT")
+    ok, retried, throttled = (
+        harness.enqueue(ref="a"),
+        harness.enqueue(ref="b"),
+        harness.enqueue(ref="c"),
+    )
+    harness.sender.script = [Accepted("fax-ok"), ServerError("503", status_code=503)]
+    harness.dispatch()
+    assert harness.submit(ok) is Outcome.SUBMITTED
+    assert harness.submit(retried) is Outcome.RETRY_SCHEDULED
+    harness.throttle.cooldown(10)
+    assert harness.submit(throttled) is Outcome.THROTTLED
+    assert harness.row(ok)["status"] == "submitted"
+    assert harness.row(retried)["attempts"] == 1
+    assert [a["outcome"] for a in harness.attempts(ok)] == ["submitted"]
+    assert [a["http_status"] for a in harness.attempts(retried)] == [503]
+    assert harness.attempts(retried)[0]["error"]["kind"] == "ServerError"
+    assert harness.row(throttled)["status"] == "pending"
