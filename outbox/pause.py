@@ -21,6 +21,7 @@ from outbox.alerts import Alert, Alerter
 from outbox.clock import Clock
 from outbox.models import NOTIFY_CHANNEL, PauseReason
 from outbox.repository import Pause
+from outbox.throttle import FleetThrottle
 
 _MESSAGES = {
     PauseReason.INSUFFICIENT_BALANCE: (
@@ -44,7 +45,9 @@ class PauseMirror:
 
     def __init__(self, client: redis.Redis, key_prefix: str = "faxout") -> None:
         self._redis = client
-        self._key = f"{key_prefix}:fleet:paused"
+        # In the throttle's hash slot: the throttle script reads it as its gate.
+        self.key = f"{FleetThrottle.hash_tag(key_prefix)}:paused"
+        self._key = self.key
 
     def is_paused(self) -> bool:
         """True when the mirror says a pause is open."""

@@ -17,8 +17,8 @@ import sqlalchemy.exc
 from psycopg.rows import tuple_row
 from psycopg.types.json import Jsonb
 from sqlalchemy import Connection, Update, bindparam, cast, func, select, text, update
-from sqlalchemy.sql.dml import ReturningInsert
 from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.sql.dml import ReturningInsert
 
 from outbox.models import FaxStatus, alerts, fax_attempts, fax_outbox, fleet_pauses
 

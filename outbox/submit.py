@@ -43,6 +43,7 @@ from outbox.redaction import mask_number
 from outbox.repository import ClaimedFax
 from outbox.retry import GiveUp, RetryPolicy, decide
 from outbox.settings import Environment
+from outbox.throttle import ThrottleDecision
 from outbox.validation import check_document, check_number, check_retries
 
 log = logging.getLogger("faxout.submit")
@@ -86,9 +87,9 @@ class FaxSender(Protocol):
 
 
 class Throttle(Protocol):
-    """What submit needs of the fleet throttle."""
+    """What submit needs of the fleet throttle (its gate being the pause mirror)."""
 
-    def acquire(self) -> float: ...
+    def try_acquire(self) -> ThrottleDecision: ...
 
     def cooldown(self, seconds: float) -> None: ...
 
@@ -193,15 +194,18 @@ def _submit(ctx: SubmitContext, conn: Connection, fax_id: int) -> Outcome:
 def _wait_for_turn(
     ctx: SubmitContext, conn: Connection, claimed: ClaimedFax, now: datetime
 ) -> Outcome | None:
-    """None once a throttle token is held; else the row was given back (paused, throttled)."""
-    if ctx.mirror.is_paused():
-        return _release(ctx, conn, claimed, now, Outcome.PAUSED)
-    while (wait := ctx.throttle.acquire()) > 0:
+    """None once a throttle token is held; else the row was given back (paused, throttled).
+
+    The throttle's script also reads the pause mirror (its gate), so "paused?" and "my turn?"
+    are one atomic Redis call, asked again after every wait.
+    """
+    while not (decision := ctx.throttle.try_acquire()).granted:
+        if decision.reason == "paused":
+            return _release(ctx, conn, claimed, ctx.clock.now(), Outcome.PAUSED)
+        wait = decision.wait_seconds
         if wait > ctx.max_inline_wait:
             return _release(ctx, conn, claimed, now + timedelta(seconds=wait), Outcome.THROTTLED)
         ctx.sleep(wait)
-        if ctx.mirror.is_paused():
-            return _release(ctx, conn, claimed, ctx.clock.now(), Outcome.PAUSED)
     return None
 
 

@@ -31,6 +31,10 @@ Cooldown: a 429 (and its `Retry-After`) pauses the whole fleet, not the worker t
 `cooldown(seconds)` stores the end of the pause; every `acquire()` answers with the time left
 until then and takes no token. A longer pause already in place is never shortened.
 
+Gate: with `gate_key` set (the fleet pause mirror, outbox/pause.py), `acquire()` also answers
+"paused" while that key exists, in the same atomic step, so a worker learns "paused" and "your
+turn" in one round trip. The gate key shares the throttle's hash tag (one Redis Cluster slot).
+
 Redis state is disposable (invariant 1): both keys expire shortly after they stop mattering, and
 a flushed Redis simply starts from an idle bucket (at most one extra burst) with no cooldown.
 The script is loaded with `register_script`, so after `SCRIPT FLUSH` or a Redis restart the next
@@ -54,11 +58,12 @@ DEFAULT_SLACK_SECONDS = 0.05
 MAX_COOLDOWN_SECONDS = 86_400.0
 _US = 1_000_000
 
-# KEYS[1] tat (µs), KEYS[2] cooldown end (µs).
+# KEYS[1] tat (µs), KEYS[2] cooldown end (µs), KEYS[3] (optional) the pause gate.
 # ARGV[1] op: "acquire" | "cooldown" | "peek"; ARGV[2] T (µs); ARGV[3] burst tolerance (µs);
 # ARGV[4] cooldown length (µs); ARGV[5] now (µs) from a test clock, "" for Redis TIME.
 # Returns {outcome, cooldown_left, wait, now, tat}, all integers (µs);
-# outcome 0 = granted, 1 = cooldown, 2 = throttled, 3 = nothing taken (peek / cooldown).
+# outcome 0 = granted, 1 = cooldown, 2 = throttled, 3 = nothing taken (peek / cooldown),
+# 4 = paused (the gate key exists; nothing taken).
 _SCRIPT = """
 pcall(redis.replicate_commands)
 local now
@@ -88,6 +93,9 @@ local wait = math.max(tat - tolerance - now, 0)
 if ARGV[1] ~= 'acquire' then
   return {3, cooldown_left, wait, now, tat}
 end
+if KEYS[3] and redis.call('EXISTS', KEYS[3]) == 1 then
+  return {4, cooldown_left, wait, now, tat}
+end
 if cooldown_left > 0 then
   return {1, cooldown_left, wait, now, tat}
 end
@@ -99,10 +107,11 @@ redis.call('SET', KEYS[1], string.format('%.0f', tat), 'PX', math.ceil((tat - no
 return {0, 0, 0, now, tat}
 """
 
-_OUTCOMES: dict[int, Literal["granted", "cooldown", "throttled"]] = {
+_OUTCOMES: dict[int, Literal["granted", "cooldown", "throttled", "paused"]] = {
     0: "granted",
     1: "cooldown",
     2: "throttled",
+    4: "paused",
 }
 
 
@@ -138,7 +147,7 @@ class ThrottleDecision:
 
     granted: bool
     wait_seconds: float  # 0.0 when granted, > 0 otherwise
-    reason: Literal["granted", "cooldown", "throttled"]
+    reason: Literal["granted", "cooldown", "throttled", "paused"]
     redis_time: float  # the Redis clock at the decision, Unix seconds
 
 
@@ -162,6 +171,7 @@ class FleetThrottle:
         margin_seconds: float = DEFAULT_MARGIN_SECONDS,
         slack_seconds: float = DEFAULT_SLACK_SECONDS,
         time_source: Callable[[], float] | None = None,
+        gate_key: str | None = None,
     ) -> None:
         self._interval_us = emission_interval_us(
             limit_per_minute, burst, margin_seconds, slack_seconds
@@ -171,8 +181,10 @@ class FleetThrottle:
         self._burst = burst
         self._key_prefix = key_prefix
         # One hash tag, so both keys live in the same slot on a Redis Cluster.
-        tag = f"{{{key_prefix}:throttle}}"
+        tag = self.hash_tag(key_prefix)
         self._keys = [f"{tag}:tat", f"{tag}:cooldown"]
+        # The pause gate rides along as KEYS[3] only in acquire (see the module docstring).
+        self._acquire_keys = [*self._keys, gate_key] if gate_key else self._keys
         self._time_source = time_source
         self._script = redis.register_script(_SCRIPT)
 
@@ -200,6 +212,11 @@ class FleetThrottle:
         """Seconds between two grants at the sustained rate."""
         return self._interval_us / _US
 
+    @staticmethod
+    def hash_tag(key_prefix: str = "faxout") -> str:
+        """The Redis Cluster hash tag of a throttle's keys; a gate key must carry it too."""
+        return f"{{{key_prefix}:throttle}}"
+
     @property
     def keys(self) -> tuple[str, str]:
         """The Redis keys this throttle uses (token state, cooldown end)."""
@@ -210,9 +227,11 @@ class FleetThrottle:
 
         While a fleet cooldown is active the answer is the time left in it and no token is
         taken; otherwise, when no token is free, the time until the next one. Waiting is the
-        caller's business (and consumes no attempt).
+        caller's business (and consumes no attempt). While the pause gate is closed the
+        answer is `math.inf`: no token, and no time at which one is sure to come.
         """
-        return self.try_acquire().wait_seconds
+        decision = self.try_acquire()
+        return math.inf if decision.reason == "paused" else decision.wait_seconds
 
     def try_acquire(self) -> ThrottleDecision:
         """Like `acquire()`, but also says why a wait is needed (for logs and metrics)."""
@@ -222,6 +241,8 @@ class FleetThrottle:
             waited_us = 0
         elif reason == "cooldown":
             waited_us = cooldown_left
+        elif reason == "paused":
+            waited_us = 0
         else:
             waited_us = wait
         return ThrottleDecision(
@@ -272,7 +293,7 @@ class FleetThrottle:
     def _run(self, op: str, cooldown_us: int = 0) -> tuple[int, int, int, int, int]:
         now = "" if self._time_source is None else str(round(self._time_source() * _US))
         reply = self._script(
-            keys=self._keys,
+            keys=self._acquire_keys if op == "acquire" else self._keys,
             args=[op, self._interval_us, self._tolerance_us, cooldown_us, now],
         )
         outcome, cooldown_left, wait, at, tat = (int(v) for v in reply)

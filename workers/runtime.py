@@ -98,7 +98,9 @@ class Runtime:
 
     @cached_property
     def throttle(self) -> FleetThrottle:
-        return FleetThrottle(self.redis, self.settings.rate_limit_per_minute)
+        return FleetThrottle(
+            self.redis, self.settings.rate_limit_per_minute, gate_key=self.mirror.key
+        )
 
     @cached_property
     def mirror(self) -> PauseMirror:

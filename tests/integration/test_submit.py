@@ -36,7 +36,7 @@ from outbox.models import alerts, fax_attempts, fax_outbox
 from outbox.pause import FleetControl, PauseMirror
 from outbox.rescuer import LeaseRescuer
 from outbox.submit import Outcome, SubmitContext, submit_fax
-from outbox.throttle import FleetThrottle
+from outbox.throttle import FleetThrottle, ThrottleDecision
 
 PDF = b"%PDF-1.4\n1 0 obj<<>>endobj\ntrailer<<>>\n%%EOF\n"
 PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 32
@@ -124,8 +124,8 @@ def harness(engine: Engine, redis_url: str) -> Iterator[Harness]:
     client = redis.Redis.from_url(redis_url)
     # A second ahead of the database clock, so rows enqueued during the test are due.
     clock = FrozenClock(datetime.now(UTC) + timedelta(seconds=1))
-    throttle = FleetThrottle(client, 60_000)
     mirror = PauseMirror(client)
+    throttle = FleetThrottle(client, 60_000, gate_key=mirror.key)  # as workers/runtime.py
     alerter = Alerter(clock)
     sender = ScriptedSender()
     ctx = SubmitContext(
@@ -350,9 +350,14 @@ def test_long_throttle_wait_gives_the_row_back_without_an_attempt(harness: Harne
 def test_short_throttle_wait_is_slept_inline(harness: Harness) -> None:
     slept: list[float] = []
     harness.ctx.sleep = slept.append
-    waits = iter([0.3, 0.0])
+    decisions = iter(
+        [
+            ThrottleDecision(False, 0.3, "throttled", 0.0),
+            ThrottleDecision(True, 0.0, "granted", 0.0),
+        ]
+    )
     harness.ctx.throttle = type(
-        "T", (), {"acquire": lambda self: next(waits), "cooldown": lambda self, s: None}
+        "T", (), {"try_acquire": lambda self: next(decisions), "cooldown": lambda self, s: None}
     )()
     fax_id = harness.enqueue()
     harness.dispatch()
@@ -413,7 +418,7 @@ def test_unreachable_redis_gives_the_row_back_without_sending(harness: Harness) 
     from workers.embedded import free_port
 
     dead = redis.Redis(host="127.0.0.1", port=free_port(), socket_connect_timeout=0.2)
-    harness.ctx.mirror = PauseMirror(dead)
+    harness.ctx.throttle = FleetThrottle(dead, 60_000)
     fax_id = harness.enqueue()
     harness.dispatch()
     assert harness.submit(fax_id) is Outcome.THROTTLED

@@ -322,3 +322,20 @@ def test_uses_the_redis_clock_without_a_time_source(client: fakeredis.FakeRedis)
 def test_repr_names_the_configuration() -> None:
     throttle = FleetThrottle(fakeredis.FakeRedis(), 60, burst=2, key_prefix="faxout")
     assert repr(throttle) == "FleetThrottle(limit_per_minute=60, burst=2, key_prefix='faxout')"
+
+
+def test_gate_key_closes_acquire_without_taking_a_token() -> None:
+    """The pause mirror as the throttle's gate: "paused" and "your turn" in one atomic call."""
+    client = fakeredis.FakeRedis()
+    gate = f"{FleetThrottle.hash_tag()}:paused"
+    throttle = FleetThrottle(client, 600, gate_key=gate)
+    client.set(gate, "[]")
+    decision = throttle.try_acquire()
+    assert (decision.granted, decision.reason) == (False, "paused")
+    assert throttle.acquire() == math.inf
+    assert client.get(throttle.keys[0]) is None  # no token was taken while paused
+    client.delete(gate)
+    assert throttle.try_acquire().granted
+    # Without a gate the same key means nothing to the throttle.
+    client.set(gate, "[]")
+    assert FleetThrottle(client, 600, key_prefix="other").try_acquire().granted
