@@ -21,7 +21,7 @@ from sqlalchemy import Engine
 from outbox.alerts import Alerter
 from outbox.clock import SystemClock
 from outbox.db import make_engine
-from outbox.dispatch import Dispatcher
+from outbox.dispatch import Dispatcher, ids_per_message_for
 from outbox.fax_client import MintfaxClient
 from outbox.pause import FleetControl, PauseMirror
 from outbox.rescuer import LeaseRescuer
@@ -156,4 +156,5 @@ class Runtime:
             queue_depth=depth,
             clock=self.clock,
             redispatch_after=self.settings.redispatch_seconds,
+            ids_per_message=ids_per_message_for(self.settings.rate_limit_per_minute),
         )

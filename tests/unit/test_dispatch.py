@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from outbox.clock import FrozenClock
-from outbox.dispatch import Dispatcher
+from outbox.dispatch import Dispatcher, ids_per_message_for
 
 
 def _dispatcher(**kw: int) -> Dispatcher:
@@ -31,7 +31,7 @@ def _dispatcher(**kw: int) -> Dispatcher:
 )
 def test_chunks_spread_small_dispatches_and_cap_large_ones(rows: int, sizes: list[int]) -> None:
     ids = list(range(rows))
-    chunks = _dispatcher().chunks(ids)
+    chunks = _dispatcher(ids_per_message=10).chunks(ids)
     assert [len(c) for c in chunks] == sizes
     assert [i for c in chunks for i in c] == ids  # every id once, in order
 
@@ -40,3 +40,10 @@ def test_refill_waits_for_room_for_a_whole_batch() -> None:
     dispatcher = _dispatcher(batch_size=100, max_queued=40, ids_per_message=10)
     assert dispatcher.refill_at == 10
     assert dispatcher.needs_rows(30) and not dispatcher.needs_rows(31)
+
+
+@pytest.mark.parametrize(
+    ("limit", "ids"), [(60, 1), (600, 5), (1500, 12), (3000, 25), (100_000, 25)]
+)
+def test_a_message_holds_about_half_a_second_of_the_fleet_rate(limit: int, ids: int) -> None:
+    assert ids_per_message_for(limit) == ids
