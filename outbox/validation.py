@@ -63,6 +63,29 @@ def _judge_number(raw: str, environment: Environment) -> tuple[str | None, tuple
     return number, tuple(errors)
 
 
+def _parse_plain_e164(raw: str) -> phonenumbers.PhoneNumber | None:
+    """The number of an already-plain E.164 string, without phonenumbers' general parser.
+
+    Most callers store numbers in E.164 already, and `parse` (normalising punctuation,
+    extensions, national prefixes) is half of what validating them costs. Country codes are
+    prefix-free, so the first known 1-3 digit prefix is the country code. A national number
+    starting with 0 (Italy's leading zero) goes through the full parser.
+    """
+    if not E164_PATTERN.fullmatch(raw):
+        return None
+    digits = raw[1:]
+    for length in (1, 2, 3):
+        country_code = int(digits[:length])
+        if country_code in phonenumbers.COUNTRY_CODE_TO_REGION_CODE:
+            national = digits[length:]
+            if not national or national.startswith("0"):
+                return None
+            return phonenumbers.PhoneNumber(
+                country_code=country_code, national_number=int(national)
+            )
+    return None
+
+
 def _judge_number_uncached(
     raw: str, environment: Environment
 ) -> tuple[str | None, list[FieldError]]:
@@ -72,10 +95,12 @@ def _judge_number_uncached(
         return None, [
             FieldError("to", "may hold only digits, spaces and ()-./ after the + (no letters)")
         ]
-    try:
-        parsed = phonenumbers.parse(raw, None)
-    except phonenumbers.NumberParseException:
-        return None, [FieldError("to", "is not a phone number")]
+    parsed = _parse_plain_e164(raw)
+    if parsed is None:
+        try:
+            parsed = phonenumbers.parse(raw, None)
+        except phonenumbers.NumberParseException:
+            return None, [FieldError("to", "is not a phone number")]
     number = phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164)
     if not E164_PATTERN.fullmatch(number):
         return None, [FieldError("to", "is not a valid E.164 number")]
