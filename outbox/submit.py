@@ -139,13 +139,12 @@ class _Plan:
 
 def submit_fax(ctx: SubmitContext, fax_id: int) -> Outcome:
     """Try to hand row `fax_id` to mintfax once; safe to call any number of times per row."""
-    # One connection for the whole submission: one checkout (and liveness ping) per fax.
-    with ctx.fast_engine.connect() as conn:
-        return _submit(ctx, conn, fax_id)
+    return submit_faxes(ctx, [fax_id])[0]
 
 
 def submit_faxes(ctx: SubmitContext, fax_ids: Sequence[int]) -> list[Outcome]:
-    """`submit_fax` for each row of one message, on one connection, in order."""
+    """`submit_fax` for each row of one message, in order."""
+    # One connection for the whole message: one checkout (and liveness ping), not one per fax.
     with ctx.fast_engine.connect() as conn:
         return [_submit(ctx, conn, fax_id) for fax_id in fax_ids]
 
