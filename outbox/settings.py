@@ -83,6 +83,9 @@ class Settings(BaseSettings):
     redispatch_seconds: float = Field(
         default=20.0, ge=1, le=3600, validation_alias="FAXOUT_REDISPATCH_SECONDS"
     )
+    # Celery task events, which Flower shows (tests/acceptance: Flower's own `enable_events`
+    # did not bring them back in time). Each is a Redis PUBLISH per message on the hot path.
+    task_events: bool = Field(default=True, validation_alias="FAXOUT_TASK_EVENTS")
     # Redis redelivers an unacknowledged message after this long; it must exceed any task.
     broker_visibility_timeout: int = Field(
         default=6 * 3600, ge=1, validation_alias="FAXOUT_BROKER_VISIBILITY_TIMEOUT"

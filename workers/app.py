@@ -50,11 +50,10 @@ def configure(settings: Settings) -> None:
         worker_prefetch_multiplier=1,
         task_default_queue=QUEUE,
         task_create_missing_queues=True,
-        # Task events feed Flower only, and cost more than a submit itself: one Redis PUBLISH
-        # per event, four per fax, most of a worker's main-process CPU (bench/drain.py). Off
-        # by default; Flower switches the workers' events on while it runs (`enable_events`).
-        worker_send_task_events=False,
-        task_send_sent_event=False,
+        # Task events (sent, received, started, succeeded) feed Flower; FAXOUT_TASK_EVENTS=false
+        # turns them off where nobody watches. One Redis PUBLISH each, per message.
+        worker_send_task_events=settings.task_events,
+        task_send_sent_event=settings.task_events,
         worker_hijack_root_logger=False,
         timezone="UTC",
         enable_utc=True,

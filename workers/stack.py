@@ -112,8 +112,9 @@ class Stack:
             ],
         )
 
-    def start_flower(self, port: int | None = None) -> str:
-        """Start Flower; returns its address."""
+    def start_flower(self, port: int | None = None, *, api: bool = False) -> str:
+        """Start Flower on 127.0.0.1; returns its address. `api` opens its HTTP API without
+        authentication (tests only)."""
         port = port or free_port()
         self._spawn(
             "flower",
@@ -127,6 +128,7 @@ class Stack:
                 f"--port={port}",
                 "--address=127.0.0.1",
             ],
+            env={"FLOWER_UNAUTHENTICATED_API": "true"} if api else None,
         )
         url = f"http://127.0.0.1:{port}"
         self._wait_http(f"{url}/healthcheck", "flower", timeout=30)

@@ -7,9 +7,10 @@ import subprocess
 import sys
 import time
 
+import httpx
 import pytest
 
-from tests.acceptance.fleet import Fleet
+from tests.acceptance.fleet import API_KEY, Fleet
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -195,3 +196,30 @@ def test_operator_pause_holds_everything_until_resume(fleet: Fleet) -> None:
     fleet.wait_until(lambda: fleet.unfinished() == 0, 60, "the held rows after resume")
     fleet.assert_exactly_once(20)
     assert cli("resume").stdout.strip() == "fleet was not paused"
+
+
+def test_flower_shows_the_submit_tasks(fleet: Fleet) -> None:
+    """Operators watch the fleet in Flower (task events are on by default)."""
+    fleet.start_sandbox("--rate-limit-per-minute", "0")
+    fleet.start(workers=1, concurrency=2, beat=False)
+    flower = fleet.stack.start_flower(api=True)
+
+    def workers_listed() -> bool:
+        response = httpx.get(f"{flower}/api/workers", params={"refresh": "1"}, timeout=10)
+        return response.status_code == 200 and bool(response.json())
+
+    fleet.wait_until(workers_listed, 30, "Flower to see the worker")
+    time.sleep(2)  # Flower's periodic enable_events reaches the worker
+    fleet.enqueue(30)
+    fleet.wait_until(lambda: fleet.unfinished() == 0, 60, "the faxes to be submitted")
+
+    def tasks_seen() -> list[dict]:  # type: ignore[type-arg]
+        tasks = httpx.get(f"{flower}/api/tasks", timeout=10).json()
+        return [t for t in tasks.values() if t.get("name") == "faxout.submit_fax"]
+
+    fleet.wait_until(lambda: bool(tasks_seen()), 30, "Flower to record the submit tasks")
+    seen = tasks_seen()
+    assert all(t["state"] == "SUCCESS" for t in seen)
+    assert any("submitted=" in (t.get("result") or "") for t in seen)
+    # Messages carry row ids only: nothing else is visible in Flower.
+    assert all(API_KEY not in str(t) and "+1500555" not in str(t) for t in seen)
