@@ -35,14 +35,13 @@ from outbox.db import make_engine
 from outbox.settings import libpq_url
 from workers import embedded
 from workers.stack import Stack
+from workers.stack import fleet_env as stack_fleet_env
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 API_KEY = "fx_test_bench_0123456789"
 # The sandbox's "always delivered, one page" magic number.
 DELIVERED_NUMBER = "+15005550001"
 PDF = b"%PDF-1.4\n1 0 obj<<>>endobj\ntrailer<<>>\n%%EOF\n"
-# Variables of the developer's shell that must not leak into the fleet under test.
-_SCRUB = ("DATABASE_URL", "REDIS_URL", "MINTFAX_", "FAXOUT_", "CELERY_")
 _CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
@@ -91,16 +90,7 @@ def redis_database(server_url: str, index: int) -> str:
 
 def fleet_env(database_url: str, redis_url: str, **overrides: str) -> dict[str, str]:
     """The environment every process of a benchmark fleet shares."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(_SCRUB)}
-    env.update(
-        DATABASE_URL=database_url,
-        REDIS_URL=redis_url,
-        MINTFAX_API_KEY=API_KEY,
-        FAXOUT_ENVIRONMENT="sandbox",
-        PYTHONUNBUFFERED="1",
-    )
-    env.update(overrides)
-    return env
+    return stack_fleet_env(database_url, redis_url, API_KEY, **overrides)
 
 
 @contextlib.contextmanager

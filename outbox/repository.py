@@ -267,14 +267,25 @@ def update_claimed(conn: Connection, fax_id: int, *, owner: str, values: Mapping
 
     Leaving `sending` clears the lease columns, as the lease_iff_sending constraint requires.
     """
+    columns, params = _lease_guarded(fax_id, owner, values)
+    result = conn.execute(_update_claimed_statement(columns), params)
+    return result.rowcount == 1
+
+
+def _lease_guarded(
+    fax_id: int, owner: str, values: Mapping[str, Any]
+) -> tuple[tuple[str, ...], dict[str, Any]]:
+    """Columns and parameters of a lease-guarded update of `values`.
+
+    Leaving `sending` clears the lease columns, as the lease_iff_sending constraint requires.
+    """
     changes = dict(values)
     if changes.get("status", FaxStatus.SENDING) != FaxStatus.SENDING:
         changes.setdefault("lease_owner", None)
         changes.setdefault("lease_expires_at", None)
     params = {f"new_{name}": value for name, value in changes.items()}
     params.update(lease_fax_id=fax_id, lease_holder=owner)
-    result = conn.execute(_update_claimed_statement(tuple(sorted(changes))), params)
-    return result.rowcount == 1
+    return tuple(sorted(changes)), params
 
 
 @functools.cache
@@ -318,14 +329,9 @@ def finish_claimed(
     """`update_claimed` and `record_attempt` in one statement (one round trip, atomic even in
     autocommit): the attempt is logged only if the lease was still held. False if it was lost.
     """
-    changes = dict(values)
-    if changes.get("status", FaxStatus.SENDING) != FaxStatus.SENDING:
-        changes.setdefault("lease_owner", None)
-        changes.setdefault("lease_expires_at", None)
-    params = {f"new_{name}": value for name, value in changes.items()}
-    params.update(lease_fax_id=fax_id, lease_holder=owner)
+    columns, params = _lease_guarded(fax_id, owner, values)
     params.update({f"attempt_{name}": attempt.get(name) for name in _ATTEMPT_COLUMNS})
-    result = conn.execute(_finish_statement(tuple(sorted(changes))), params)
+    result = conn.execute(_finish_statement(columns), params)
     return result.first() is not None
 
 

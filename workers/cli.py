@@ -7,7 +7,7 @@ problem on stderr).
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, NoReturn
@@ -19,12 +19,14 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
+from sqlalchemy import Engine
 
 from outbox import schema
 from outbox.db import make_engine
 from outbox.enqueue import enqueue_fax
 from outbox.errors import ConfigurationError, FaxOutboxError, IdempotencyConflict, ValidationFailed
 from outbox.models import FaxStatus
+from outbox.pause import FleetControl
 from outbox.repository import count_by_status
 from outbox.settings import Settings
 
@@ -71,7 +73,7 @@ def load_settings() -> Settings:
         _fail([str(exc)])
 
 
-def _engine(settings: Settings):  # type: ignore[no-untyped-def]
+def _engine(settings: Settings) -> Engine:
     try:
         return make_engine(settings.require_database_url())
     except ConfigurationError as exc:
@@ -179,7 +181,7 @@ def status() -> None:
     _print_fleet_state(settings, engine)
 
 
-def _print_fleet_state(settings: Settings, engine) -> None:  # type: ignore[no-untyped-def]
+def _print_fleet_state(settings: Settings, engine: Engine) -> None:
     """Pauses and recent alerts (Postgres); throttle and queue depth (Redis, when set)."""
     from outbox.repository import open_pauses, recent_alerts
 
@@ -275,14 +277,14 @@ def resume() -> None:
         out.print(f"resumed: {episode.reason} (episode {episode.id})")
 
 
-def _fleet(settings: Settings):  # type: ignore[no-untyped-def]
+def _fleet(settings: Settings) -> FleetControl:
     from workers.runtime import Runtime
 
     _require(settings.require_database_url, settings.require_redis_url)
     return Runtime(settings).fleet
 
 
-def _require(*checks) -> None:  # type: ignore[no-untyped-def]
+def _require(*checks: Callable[[], object]) -> None:
     problems = []
     for check in checks:
         try:

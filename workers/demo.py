@@ -38,7 +38,7 @@ from outbox.pause import FleetControl, PauseMirror
 from outbox.repository import count_by_status, open_pauses, recent_alerts
 from outbox.throttle import FleetThrottle
 from workers import embedded
-from workers.stack import Stack
+from workers.stack import Stack, fleet_env
 
 DEMO_KEY = "fx_test_demo_key_not_secret"
 RATE_LIMIT = 1500  # per minute: the sandbox enforces it, the fleet throttle respects it
@@ -146,23 +146,18 @@ def run(*, faxes: int = 300, flower: bool = False, timeout: float = 90.0) -> int
 
 
 def _fleet_env(urls: embedded.ServiceURLs) -> dict[str, str]:
-    scrub = ("DATABASE_URL", "REDIS_URL", "MINTFAX_", "FAXOUT_")
-    env = {k: v for k, v in os.environ.items() if not k.startswith(scrub)}
-    env.update(
-        DATABASE_URL=urls.database_url,
-        REDIS_URL=urls.redis_url,
-        MINTFAX_API_KEY=DEMO_KEY,
-        FAXOUT_ENVIRONMENT="sandbox",
+    return fleet_env(
+        urls.database_url,
+        urls.redis_url,
+        DEMO_KEY,
         FAXOUT_RATE_LIMIT_PER_MINUTE=str(RATE_LIMIT),
         FAXOUT_LEASE_SECONDS="30",
         FAXOUT_REDISPATCH_SECONDS="10",
-        PYTHONUNBUFFERED="1",
     )
-    return env
 
 
 def _show_refusals(console: Console, engine: Engine, state: DemoState) -> None:
-    bad = [
+    bad: list[tuple[str, dict[str, Any]]] = [
         (
             "a number that is not E.164",
             {"to": "212-555-0123", "document": SAMPLE_PDF, "filename": "a.pdf"},
@@ -225,7 +220,8 @@ def _watch(
                 pauses = open_pauses(conn)
             if pauses and state.pause_seen_at is None:
                 state.pause_seen_at = time.monotonic()
-            if pauses and not state.topped_up and time.monotonic() - state.pause_seen_at > 2.0:
+            seen = state.pause_seen_at
+            if pauses and seen is not None and not state.topped_up and time.monotonic() - seen > 2:
                 # What an operator does on the top-up alert: add credit, then resume.
                 _post(control, "balance", top_up=1_000_000)
                 state.topped_up = True

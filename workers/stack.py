@@ -22,6 +22,25 @@ import httpx
 from workers.embedded import free_port
 from workers.runtime import QUEUE
 
+# Variables of the calling shell that must not leak into a fleet started for a demo, a test or
+# a benchmark: the fleet gets exactly the settings it is given.
+_SCRUBBED = ("DATABASE_URL", "REDIS_URL", "MINTFAX_", "FAXOUT_", "CELERY_")
+
+
+def fleet_env(database_url: str, redis_url: str, api_key: str, **settings: str) -> dict[str, str]:
+    """The environment shared by every process of a fleet: this process's environment minus
+    fax-outbox's own variables, plus the given services, sandbox key and `FAXOUT_*` settings."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(_SCRUBBED)}
+    env.update(
+        DATABASE_URL=database_url,
+        REDIS_URL=redis_url,
+        MINTFAX_API_KEY=api_key,
+        FAXOUT_ENVIRONMENT="sandbox",
+        PYTHONUNBUFFERED="1",
+    )
+    env.update(settings)
+    return env
+
 
 class StackError(RuntimeError):
     """A process of the stack failed to start or died."""

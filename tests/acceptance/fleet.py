@@ -4,7 +4,6 @@ Redis index."""
 
 from __future__ import annotations
 
-import os
 import signal
 import time
 from collections.abc import Callable, Sequence
@@ -20,29 +19,23 @@ from outbox import FaxIntent, enqueue_faxes
 from outbox.models import FaxStatus, fax_outbox
 from outbox.repository import count_by_status
 from workers.stack import Stack
+from workers.stack import fleet_env as stack_fleet_env
 
 PDF = b"%PDF-1.4\n1 0 obj<<>>endobj\ntrailer<<>>\n%%EOF\n"
 API_KEY = "fx_test_acceptance_0123456789"
-# Variables of the developer's shell that must not leak into the fleet under test.
-_SCRUB = ("DATABASE_URL", "REDIS_URL", "MINTFAX_", "FAXOUT_", "CELERY_")
 
 
-def fleet_env(database_url: str, redis_url: str, **overrides: str) -> dict[str, str]:
+def fleet_env(database_url: str, redis_url: str) -> dict[str, str]:
     """The environment every process of a test fleet shares."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(_SCRUB)}
-    env.update(
-        DATABASE_URL=database_url,
-        REDIS_URL=redis_url,
-        MINTFAX_API_KEY=API_KEY,
-        FAXOUT_ENVIRONMENT="sandbox",
+    return stack_fleet_env(
+        database_url,
+        redis_url,
+        API_KEY,
         FAXOUT_RATE_LIMIT_PER_MINUTE="60000",
         FAXOUT_LEASE_SECONDS="10",
         FAXOUT_HTTP_TIMEOUT_SECONDS="5",
         FAXOUT_REDISPATCH_SECONDS="5",
-        PYTHONUNBUFFERED="1",
     )
-    env.update(overrides)
-    return env
 
 
 @dataclass
