@@ -86,6 +86,7 @@ class Claims:
     def __init__(self, url: str, **engine_options: Any) -> None:
         self.engine: Engine = make_engine(url, **engine_options)
         self.worker = self.engine.execution_options(isolation_level="AUTOCOMMIT").connect()
+        self.relay = self.engine.execution_options(isolation_level="AUTOCOMMIT")
         self.clock = SystemClock()
         self.dispatch_ms: list[float] = []
         self.claim_ms: list[float] = []
@@ -95,7 +96,8 @@ class Claims:
 
     def one(self, *, record: bool = True) -> None:
         t0 = time.perf_counter()
-        with self.engine.begin() as conn:
+        # As the relay dispatches: one statement, autocommit (workers/runtime.py).
+        with self.relay.begin() as conn:
             ids = repository.dispatch_due(
                 conn, now=self.clock.now(), limit=1, redispatch_after=20.0
             )
@@ -118,7 +120,7 @@ class Claims:
 
     def batch(self) -> None:
         t0 = time.perf_counter()
-        with self.engine.begin() as conn:
+        with self.relay.begin() as conn:
             ids = repository.dispatch_due(
                 conn, now=self.clock.now(), limit=100, redispatch_after=20.0
             )

@@ -291,10 +291,10 @@ def dispatch_due(
     A dispatched row is pushed `redispatch_after` seconds into the future: if its message is
     lost, it becomes due again then and is published once more.
     """
-    result = conn.execute(
-        _DISPATCH_DUE, {"now": now, "limit": limit, "redispatch_after": redispatch_after}
+    rows = _execute_hot(
+        conn, _DISPATCH_DUE, {"now": now, "limit": limit, "redispatch_after": redispatch_after}
     )
-    return [row_id for (row_id,) in result]
+    return [row_id for (row_id,) in rows]
 
 
 def claim_for_submit(

@@ -151,7 +151,8 @@ class Runtime:
             return int(broker.llen(QUEUE))
 
         return Dispatcher(
-            engine=self.engine,
+            # One statement per dispatch: autocommit saves the BEGIN and COMMIT round trips.
+            engine=self.engine.execution_options(isolation_level="AUTOCOMMIT"),
             publish=send,
             queue_depth=depth,
             clock=self.clock,
