@@ -26,17 +26,15 @@ import platform
 import statistics
 import sys
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import harness  # bench/harness.py (the script's directory is on sys.path)
 import psycopg
-from sqlalchemy.engine import make_url
 
-from outbox import FaxIntent, enqueue_fax, enqueue_faxes, schema
+from outbox import FaxIntent, enqueue_fax, enqueue_faxes
 from outbox.db import make_engine
-from outbox.settings import libpq_url
 from workers import embedded
 
 RESULTS = Path(__file__).resolve().parent / "results" / "enqueue.json"
@@ -57,20 +55,11 @@ def document(size: int) -> bytes:
 @contextlib.contextmanager
 def scratch_database() -> Iterator[str]:
     """A migrated database of our own on DATABASE_URL's server, or on an embedded one."""
-    with embedded.services(os.environ.get("DATABASE_URL") or None, "redis://unused") as urls:
-        admin_url = libpq_url(urls.database_url)
-        name = f"faxout_bench_{uuid.uuid4().hex[:8]}"
-        with psycopg.connect(admin_url, autocommit=True) as admin:
-            admin.execute(f'CREATE DATABASE "{name}"')
-        url = libpq_url(make_url(admin_url).set(database=name).render_as_string(False))
-        try:
-            engine = make_engine(url)
-            schema.upgrade(engine)
-            engine.dispose()
-            yield url
-        finally:
-            with psycopg.connect(admin_url, autocommit=True) as admin:
-                admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    with (
+        embedded.services(os.environ.get("DATABASE_URL") or None, "redis://unused") as urls,
+        harness.scratch_database(urls.database_url, "enqueue") as url,
+    ):
+        yield url
 
 
 class Bench:
