@@ -47,23 +47,22 @@ class PauseMirror:
         self._redis = client
         # In the throttle's hash slot: the throttle script reads it as its gate.
         self.key = f"{FleetThrottle.hash_tag(key_prefix)}:paused"
-        self._key = self.key
 
     def is_paused(self) -> bool:
         """True when the mirror says a pause is open."""
-        return bool(self._redis.exists(self._key))
+        return bool(self._redis.exists(self.key))
 
     def publish(self, pauses: Sequence[Pause]) -> None:
         """Make the mirror equal to `pauses` (the open episodes read from Postgres)."""
         if pauses:
             value = json.dumps([{"id": p.id, "reason": p.reason} for p in pauses])
-            self._redis.set(self._key, value)
+            self._redis.set(self.key, value)
         else:
-            self._redis.delete(self._key)
+            self._redis.delete(self.key)
 
     def reasons(self) -> list[str]:
         """The reasons in the mirror (for status displays)."""
-        raw = self._redis.get(self._key)
+        raw = self._redis.get(self.key)
         if not raw:
             return []
         return [entry["reason"] for entry in json.loads(raw)]

@@ -368,7 +368,6 @@ def _update_claimed_statement(columns: tuple[str, ...]) -> Update:
     )
 
 
-_INSERT_ATTEMPT = insert(fax_attempts)
 _ATTEMPT_COLUMNS = (
     "attempt",
     "worker",
@@ -390,8 +389,9 @@ def finish_claimed(
     values: Mapping[str, Any],
     attempt: Mapping[str, Any],
 ) -> bool:
-    """`update_claimed` and `record_attempt` in one statement (one round trip, atomic even in
-    autocommit): the attempt is logged only if the lease was still held. False if it was lost.
+    """Apply `values` while `owner` holds the lease and log the attempt, in one statement (one
+    round trip, atomic even in autocommit): the attempt is logged only if the lease was still
+    held. False if it was lost.
     """
     columns, params = _lease_guarded(fax_id, owner, values)
     params.update({f"attempt_{name}": attempt.get(name) for name in _ATTEMPT_COLUMNS})
@@ -412,11 +412,6 @@ def _finish_statement(columns: tuple[str, ...]) -> ReturningInsert[Any]:
         .from_select(["fax_id", *_ATTEMPT_COLUMNS], select(updated.c.id, *attempt_values))
         .returning(fax_attempts.c.fax_id)
     )
-
-
-def record_attempt(conn: Connection, **values: Any) -> None:
-    """Append one row to the attempt log."""
-    conn.execute(_INSERT_ATTEMPT, values)
 
 
 def rescue_expired_leases(

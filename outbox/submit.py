@@ -445,9 +445,10 @@ def _apply(
         return plan.outcome if kept else Outcome.LEASE_LOST
     alert_ids: list[int] = []
     with ctx.engine.begin() as tx:
-        kept = repository.update_claimed(tx, claimed.id, owner=ctx.worker_id, values=plan.values)
+        kept = repository.finish_claimed(
+            tx, claimed.id, owner=ctx.worker_id, values=plan.values, attempt=attempt
+        )
         if kept:
-            repository.record_attempt(tx, fax_id=claimed.id, **attempt)
             if plan.pause is not None:
                 _, alert_id = pause_in_transaction(
                     tx,
