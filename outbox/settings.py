@@ -8,6 +8,7 @@ reprs, logs and tracebacks (invariant 7).
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
@@ -165,12 +166,14 @@ class Settings(BaseSettings):
     def api_key(self) -> SecretStr:
         """The mintfax API key, from `MINTFAX_API_KEY` or read from `MINTFAX_API_KEY_FILE`.
 
-        The file is read on every call so that a rotated key (file replaced in place by a
-        secrets manager) is picked up without a restart.
+        The file is looked at on every call so that a rotated key (file replaced by a secrets
+        manager) is picked up without a restart; it is read again only when it changed.
         """
         if self.mintfax_api_key_file is not None:
+            path = self.mintfax_api_key_file
             try:
-                text = self.mintfax_api_key_file.read_text(encoding="utf-8").strip()
+                info = path.stat()
+                text = _read_key_file(path, info.st_mtime_ns, info.st_size, info.st_ino)
             except OSError as exc:
                 raise ConfigurationError(
                     "MINTFAX_API_KEY_FILE", f"cannot be read ({exc.strerror})"
@@ -181,6 +184,12 @@ class Settings(BaseSettings):
         if self.mintfax_api_key is None:
             raise ConfigurationError("MINTFAX_API_KEY", "is not set (nor MINTFAX_API_KEY_FILE)")
         return self.mintfax_api_key
+
+
+@functools.lru_cache(maxsize=4)
+def _read_key_file(path: Path, mtime_ns: int, size: int, inode: int) -> str:
+    # Keyed by what the file is now: a replaced or rewritten file is a new cache entry.
+    return path.read_text(encoding="utf-8").strip()
 
 
 def mask_url_password(url: str) -> str:
