@@ -7,10 +7,10 @@ problem on stderr).
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, NoReturn
+from typing import Annotated, Any, NoReturn
 
 import alembic.util
 import psycopg
@@ -27,7 +27,7 @@ from outbox.enqueue import enqueue_fax
 from outbox.errors import ConfigurationError, FaxOutboxError, IdempotencyConflict, ValidationFailed
 from outbox.models import FaxStatus
 from outbox.pause import FleetControl
-from outbox.repository import count_by_status
+from outbox.repository import Pause, count_by_status, open_pauses, recent_alerts
 from outbox.settings import Settings
 
 app = typer.Typer(
@@ -168,9 +168,10 @@ def status() -> None:
     try:
         with _database_errors(), engine.connect() as conn:
             counts = count_by_status(conn)
-    except BaseException:
+            pauses = open_pauses(conn)
+            alerts = recent_alerts(conn, 5)
+    finally:
         engine.dispose()
-        raise
     table = Table(title="fax_outbox")
     table.add_column("status")
     table.add_column("count", justify="right")
@@ -178,17 +179,13 @@ def status() -> None:
         table.add_row(st.value, str(counts[st]))
     table.add_row("[bold]total[/bold]", f"[bold]{sum(counts.values())}[/bold]")
     out.print(table)
-    _print_fleet_state(settings, engine)
+    _print_fleet_state(settings, pauses, alerts)
 
 
-def _print_fleet_state(settings: Settings, engine: Engine) -> None:
-    """Pauses and recent alerts (Postgres); throttle and queue depth (Redis, when set)."""
-    from outbox.repository import open_pauses, recent_alerts
-
-    with _database_errors(), engine.connect() as conn:
-        pauses = open_pauses(conn)
-        alerts = recent_alerts(conn, 5)
-    engine.dispose()
+def _print_fleet_state(
+    settings: Settings, pauses: list[Pause], alerts: list[Mapping[str, Any]]
+) -> None:
+    """Pauses and recent alerts (from Postgres); throttle and queue depth (Redis, when set)."""
     if pauses:
         for p in pauses:
             out.print(

@@ -17,6 +17,7 @@ import tempfile
 import time
 import uuid
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -62,6 +63,8 @@ SAMPLE_PDF = (
 @dataclass
 class DemoState:
     started: float = field(default_factory=time.monotonic)
+    # Wall-clock start, so alerts of earlier runs in a reused database do not count.
+    started_at: datetime = field(default_factory=lambda: datetime.now(UTC))
     pause_seen_at: float | None = None
     resumed_at: float | None = None
     topped_up: bool = False
@@ -278,7 +281,11 @@ def _summary(
     faxes = faxes["data"] if isinstance(faxes, dict) else faxes
     with engine.connect() as conn:
         counts = count_by_status(conn, reference_prefix=prefix)
-        alerts = [a for a in recent_alerts(conn, 50) if a["kind"] == "fleet_paused"]
+        alerts = [
+            a
+            for a in recent_alerts(conn, 50)
+            if a["kind"] == "fleet_paused" and a["created_at"] >= state.started_at
+        ]
     carrier: dict[str, int] = {}
     for fax in faxes:
         carrier[fax["status"]] = carrier.get(fax["status"], 0) + 1

@@ -14,6 +14,7 @@ import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
+from typing import ClassVar
 
 import redis
 from sqlalchemy import Engine
@@ -45,9 +46,9 @@ class Runtime:
 
     settings: Settings
 
-    _lock = threading.Lock()
-    _instance: Runtime | None = None
-    _pid: int | None = None
+    _lock: ClassVar[threading.Lock] = threading.Lock()
+    _instance: ClassVar[Runtime | None] = None
+    _pid: ClassVar[int | None] = None
 
     @classmethod
     def get(cls) -> Runtime:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections import Counter
 
+from outbox.submit import submit_faxes
 from workers.app import app
 from workers.runtime import SUBMIT_TASK, Runtime
 
@@ -15,8 +16,6 @@ def submit_fax(fax_ids: list[int] | int) -> str:
     Each row is claimed on its own, so a row already taken, finished or rescheduled is
     skipped; a redelivered message redoes only what is still claimable.
     """
-    from outbox.submit import submit_faxes
-
     ids = [fax_ids] if isinstance(fax_ids, int) else [int(fax_id) for fax_id in fax_ids]
     outcomes = Counter(o.value for o in submit_faxes(Runtime.get().submit_context, ids))
     return ", ".join(f"{outcome}={count}" for outcome, count in sorted(outcomes.items()))
