@@ -3,7 +3,7 @@
     .venv/bin/python bench/drain.py [--quick] [--faxes 2000] [--rounds 3]
 
 System: one relay and 2 Celery workers x 2 prefork processes (4 concurrent senders), started
-as real processes by `workers.stack`, with `FAXOUT_RATE_LIMIT_PER_MINUTE` at its maximum
+as real processes by `workers.single_host.stack`, with `FAXOUT_RATE_LIMIT_PER_MINUTE` at its maximum
 (100,000/min, far above what two cores can send) so the throttle is consulted on every fax but
 never makes anyone wait. Minimal loop: 4 processes, each repeating "claim one due row with plain
 psycopg (`UPDATE ... WHERE id = (SELECT ... FOR UPDATE SKIP LOCKED LIMIT 1) RETURNING`), POST

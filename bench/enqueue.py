@@ -35,7 +35,7 @@ import psycopg
 
 from outbox import FaxIntent, enqueue_fax, enqueue_faxes
 from outbox.db import make_engine
-from workers import embedded
+from workers.single_host import embedded
 
 RESULTS = Path(__file__).resolve().parent / "results" / "enqueue.json"
 RAW_INSERT = (

@@ -4,7 +4,7 @@ Not a benchmark itself (running it does nothing). It gives each benchmark what t
 tests' fleet harness gives each test: the Postgres and Redis of the run (`DATABASE_URL` /
 `REDIS_URL` when set, else embedded servers), a fresh migrated database of its own, a Redis
 database index of its own (flushed), the fleet's environment, the real processes through
-`workers.stack.Stack` (the code `faxout demo` runs), and CPU accounting from /proc.
+`workers.single_host.stack.Stack` (the code `faxout demo` runs), and CPU accounting from /proc.
 
 CPU accounting reads `utime + stime` of `/proc/<pid>/stat` (Linux): user plus system time of
 that process alone (children's time is not folded in). Celery's pool children are long-lived,
@@ -33,9 +33,9 @@ from sqlalchemy.engine import make_url
 from outbox import schema
 from outbox.db import make_engine
 from outbox.settings import libpq_url
-from workers import embedded
-from workers.stack import Stack
-from workers.stack import fleet_env as stack_fleet_env
+from workers.single_host import embedded
+from workers.single_host.stack import Stack
+from workers.single_host.stack import fleet_env as stack_fleet_env
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 API_KEY = "fx_test_bench_0123456789"

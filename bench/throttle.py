@@ -20,7 +20,7 @@ from pathlib import Path
 import redis
 
 from outbox.throttle import FleetThrottle
-from workers import embedded
+from workers.single_host import embedded
 
 
 def _worker(

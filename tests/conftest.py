@@ -26,7 +26,7 @@ from outbox import schema
 from outbox.db import make_engine
 from outbox.settings import libpq_url
 from tests.sandbox_fixtures import *  # noqa: F403 (the mintfax sandbox fixtures)
-from workers import embedded
+from workers.single_host import embedded
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 

@@ -228,7 +228,7 @@ def demo(
     flower: Annotated[bool, typer.Option(help="Also start Flower and print its address.")] = False,
 ) -> None:
     """Run the whole system on this machine against the sandbox (embedded DB/Redis if unset)."""
-    from workers import demo as demo_run
+    from workers.single_host import demo as demo_run
 
     if faxes < 30:
         _fail(["--faxes must be at least 30"])

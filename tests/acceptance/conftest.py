@@ -9,7 +9,7 @@ import pytest
 from sqlalchemy import Engine
 
 from tests.acceptance.fleet import Fleet, fleet_env, log_dir
-from workers.stack import Stack
+from workers.single_host.stack import Stack
 
 
 @pytest.fixture

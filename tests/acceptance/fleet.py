@@ -1,5 +1,5 @@
 """A whole fleet for acceptance tests: the sandbox, relays, Celery workers and beat as real
-processes (workers/stack.py, the same code `faxout demo` runs), on this test's own database and
+processes (workers/single_host/stack.py, the same code `faxout demo` runs), on this test's own database and
 Redis index."""
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ from sqlalchemy import Engine, func, select
 from outbox import FaxIntent, enqueue_faxes
 from outbox.models import FaxStatus, fax_outbox
 from outbox.repository import count_by_status
-from workers.stack import Stack
-from workers.stack import fleet_env as stack_fleet_env
+from workers.single_host.stack import Stack
+from workers.single_host.stack import fleet_env as stack_fleet_env
 
 PDF = b"%PDF-1.4\n1 0 obj<<>>endobj\ntrailer<<>>\n%%EOF\n"
 API_KEY = "fx_test_acceptance_0123456789"

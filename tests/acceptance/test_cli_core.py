@@ -12,7 +12,7 @@ import pytest
 
 from outbox import derive_idempotency_key, document_sha256
 from tests import fixtures_files as files
-from workers.embedded import free_port
+from workers.single_host.embedded import free_port
 
 FAXOUT = Path(sys.executable).with_name("faxout")
 TO = "+12127365000"

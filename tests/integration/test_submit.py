@@ -415,7 +415,7 @@ def test_lost_message_is_redispatched(harness: Harness) -> None:
 
 
 def test_unreachable_redis_gives_the_row_back_without_sending(harness: Harness) -> None:
-    from workers.embedded import free_port
+    from workers.single_host.embedded import free_port
 
     dead = redis.Redis(host="127.0.0.1", port=free_port(), socket_connect_timeout=0.2)
     harness.ctx.throttle = FleetThrottle(dead, 60_000)

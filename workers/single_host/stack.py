@@ -19,8 +19,8 @@ from pathlib import Path
 
 import httpx
 
-from workers.embedded import free_port
 from workers.runtime import QUEUE
+from workers.single_host.embedded import free_port
 
 # Variables of the calling shell that must not leak into a fleet started for a demo, a test or
 # a benchmark: the fleet gets exactly the settings it is given.

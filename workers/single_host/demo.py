@@ -38,8 +38,8 @@ from outbox.models import FaxStatus
 from outbox.pause import FleetControl, PauseMirror
 from outbox.repository import count_by_status, open_pauses, recent_alerts
 from outbox.throttle import FleetThrottle
-from workers import embedded
-from workers.stack import Stack, fleet_env
+from workers.single_host import embedded
+from workers.single_host.stack import Stack, fleet_env
 
 DEMO_KEY = "fx_test_demo_key_not_secret"
 RATE_LIMIT = 1500  # per minute: the sandbox enforces it, the fleet throttle respects it
