@@ -48,8 +48,8 @@ def serve() -> None:
     from starlette.responses import Response
     from starlette.routing import Route
 
-    from workers.sandbox import Sandbox, SandboxConfig, create_app
-    from workers.sandbox.server import serve as serve_forever
+    from mintfax_sandbox import Sandbox, SandboxConfig, create_app
+    from mintfax_sandbox.server import serve as serve_forever
 
     async def bare(request: Request) -> Response:
         await request.body()
@@ -61,7 +61,7 @@ def serve() -> None:
     state = Sandbox(SandboxConfig(rate_limit_per_minute=0))
     app = create_app(sandbox=state, extra_routes=[Route("/bare", bare, methods=["POST"])])
 
-    serve_forever(app, state, "127.0.0.1", 0)  # prints "sandbox listening on URL"
+    serve_forever(app, state.transports, "127.0.0.1", 0)  # prints "sandbox listening on URL"
 
 
 def _multipart_body() -> tuple[bytes, str]:

@@ -5,7 +5,7 @@
   the server root, `sandbox.api_key` a valid `fx_test_` key; the control methods go through the
   `/sandbox` HTTP API, so they are safe from any thread.
 - `sandbox_factory(config=SandboxConfig(...))`: the same with a configuration of your own.
-- `sandbox_process(*cli_args)`: `faxout sandbox` as a real subprocess (acceptance tests).
+- `sandbox_process(*cli_args)`: `python -m mintfax_sandbox` as a real subprocess (acceptance tests).
 - `webhook_sink`: a receiver that records every webhook (raw body + headers) and answers with a
   scripted status/delay, for tests of delivery, retries and signatures.
 """
@@ -30,7 +30,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from workers.sandbox import Sandbox, SandboxConfig, ThreadedServer, create_app
+from mintfax_sandbox import Sandbox, SandboxConfig, ThreadedServer, create_app
 
 __all__ = [
     "SANDBOX_API_KEY",
@@ -218,7 +218,7 @@ def sandbox_factory() -> Iterator[Callable[..., SandboxHandle]]:
 
 @dataclass
 class SandboxProcess:
-    """`faxout sandbox` running as a subprocess."""
+    """`python -m mintfax_sandbox` running as a subprocess."""
 
     process: subprocess.Popen[str]
     handle: SandboxHandle
@@ -242,8 +242,8 @@ _LISTENING = re.compile(r"sandbox listening on (http://\S+)")
 
 
 def start_sandbox_process(*args: str, timeout: float = 20) -> SandboxProcess:
-    """Run `faxout sandbox --port 0 ARGS` and wait for its "listening" line."""
-    command = [sys.executable, "-m", "workers.cli", "sandbox", "--port", "0", *args]
+    """Run `python -m mintfax_sandbox --port 0 ARGS` and wait for its "listening" line."""
+    command = [sys.executable, "-m", "mintfax_sandbox", "--port", "0", *args]
     process = subprocess.Popen(
         command,
         stdout=subprocess.PIPE,
@@ -265,13 +265,13 @@ def start_sandbox_process(*args: str, timeout: float = 20) -> SandboxProcess:
     if match is None:
         process.kill()
         _, stderr = process.communicate(timeout=5)
-        raise RuntimeError(f"faxout sandbox did not start: {stderr.strip()[-2000:]}")
+        raise RuntimeError(f"the sandbox did not start: {stderr.strip()[-2000:]}")
     return SandboxProcess(process, SandboxHandle(match.group(1)))
 
 
 @pytest.fixture
 def sandbox_process() -> Iterator[Callable[..., SandboxProcess]]:
-    """Start `faxout sandbox` subprocesses (extra CLI args allowed); stopped after the test."""
+    """Start simulator subprocesses (extra CLI args allowed); all are stopped after the test."""
     started: list[SandboxProcess] = []
 
     def start(*args: str) -> SandboxProcess:

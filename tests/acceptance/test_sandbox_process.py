@@ -1,4 +1,5 @@
-"""`faxout sandbox` as a real process: start-up line, options, clean shutdown."""
+"""The simulator as a real process (`python -m mintfax_sandbox`): start-up line, options, clean
+shutdown."""
 
 from __future__ import annotations
 
@@ -61,7 +62,7 @@ def test_options_reach_the_running_simulator(
 )
 def test_bad_options_exit_2_with_one_clear_line(args: list[str], message: str) -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "workers.cli", "sandbox", "--port", "0", *args],
+        [sys.executable, "-m", "mintfax_sandbox", "--port", "0", *args],
         capture_output=True,
         text=True,
         timeout=30,
@@ -75,7 +76,7 @@ def test_a_busy_port_is_a_clear_error(sandbox_process: Callable[..., SandboxProc
     proc = sandbox_process()
     port = proc.handle.url.rsplit(":", 1)[1]
     result = subprocess.run(
-        [sys.executable, "-m", "workers.cli", "sandbox", "--port", port],
+        [sys.executable, "-m", "mintfax_sandbox", "--port", port],
         capture_output=True,
         text=True,
         timeout=30,

@@ -45,7 +45,7 @@ def test_over_the_limit_is_429_with_retry_after_and_refusals_do_not_count(
 
 
 def test_the_window_slides_in_real_time(sandbox_factory) -> None:  # type: ignore[no-untyped-def]
-    from workers.sandbox import SandboxConfig
+    from mintfax_sandbox import SandboxConfig
 
     # A 2-per-minute limit would take a minute; check the slide with the limiter's own clock
     # through a short real wait: the slot of the first request frees 60 s after it, so

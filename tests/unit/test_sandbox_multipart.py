@@ -5,7 +5,7 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from workers.sandbox.multipart import MultipartError, boundary_of, parse
+from mintfax_sandbox.multipart import MultipartError, boundary_of, parse
 
 
 def _encoded(data: dict[str, str], files: dict[str, tuple[str, bytes]]) -> tuple[bytes, str]:

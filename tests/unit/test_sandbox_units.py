@@ -10,10 +10,10 @@ import json
 import pytest
 from standardwebhooks import Webhook
 
-from workers.sandbox import carrier
-from workers.sandbox.faults import Fault, FaultConfig, FaultPlan, FaultSpecError, parse_fault_spec
-from workers.sandbox.ratelimit import SlidingWindowLimiter
-from workers.sandbox.webhooks import new_secret, sign_a, signed_headers
+from mintfax_sandbox import carrier
+from mintfax_sandbox.faults import Fault, FaultConfig, FaultPlan, FaultSpecError, parse_fault_spec
+from mintfax_sandbox.ratelimit import SlidingWindowLimiter
+from mintfax_sandbox.webhooks import new_secret, sign_a, signed_headers
 
 
 class FakeMonotonic:

@@ -20,8 +20,6 @@ import uvicorn
 from starlette.types import ASGIApp
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-from workers.sandbox.state import Sandbox
-
 
 def protocol_class(transports: dict[Any, asyncio.Transport]) -> type[H11Protocol]:
     """uvicorn's h11 protocol, recording each connection's transport in `transports`."""
@@ -140,14 +138,14 @@ class ThreadedServer:
 
 def serve(
     app: ASGIApp,
-    sandbox: Sandbox,
+    transports: dict[Any, asyncio.Transport],
     host: str,
     port: int,
     announce: Callable[[str], None] = lambda line: print(line, flush=True),
 ) -> None:
     """Serve in the foreground until SIGTERM/SIGINT (uvicorn's handlers shut down cleanly)."""
     sock = bind(host, port)
-    server = make_server(app, sandbox.transports)
+    server = make_server(app, transports)
     bound_port = sock.getsockname()[1]
 
     async def main() -> None:

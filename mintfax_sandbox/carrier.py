@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from workers.sandbox.state import Fax, Sandbox
+    from mintfax_sandbox.state import Fax, Sandbox
 
 MAGIC_PREFIX = "+1500555"
 

@@ -59,10 +59,10 @@ webhook_max_attempts, webhook_timeout_seconds), `GET|POST clock` (`{"advance_sec
 `POST reset` (back to the start-up state and configuration).
 """
 
-from workers.sandbox.app import create_app
-from workers.sandbox.faults import FaultConfig, parse_fault_spec
-from workers.sandbox.server import ThreadedServer
-from workers.sandbox.state import Sandbox, SandboxConfig
+from mintfax_sandbox.app import create_app
+from mintfax_sandbox.faults import FaultConfig, parse_fault_spec
+from mintfax_sandbox.server import ThreadedServer
+from mintfax_sandbox.state import Sandbox, SandboxConfig
 
 __all__ = [
     "FaultConfig",

@@ -26,10 +26,10 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from mintfax_sandbox import carrier, multipart
+from mintfax_sandbox.faults import Fault, FaultConfig, FaultSpecError, reset_transport
+from mintfax_sandbox.state import EVENTS, IdempotencyEntry, Sandbox, SandboxConfig, iso
 from outbox.filetypes import sniff
-from workers.sandbox import carrier, multipart
-from workers.sandbox.faults import Fault, FaultConfig, FaultSpecError, reset_transport
-from workers.sandbox.state import EVENTS, IdempotencyEntry, Sandbox, SandboxConfig, iso
 
 MAX_FILE_BYTES = 10 * 1024 * 1024
 MAX_FORM_OVERHEAD = 64 * 1024  # the other fields and the part headers

@@ -27,7 +27,7 @@ from typing import Any, Literal
 
 import httpx
 
-log = logging.getLogger("workers.sandbox.webhooks")
+log = logging.getLogger("mintfax_sandbox.webhooks")
 
 Signing = Literal["a", "b"]
 SECRET_PREFIX = "whsec_"  # noqa: S105 (a prefix, not a secret)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import secrets
 import time
 import uuid
@@ -21,10 +20,10 @@ from typing import Any
 
 import httpx
 
-from workers.sandbox import carrier
-from workers.sandbox.faults import FaultConfig, FaultPlan
-from workers.sandbox.ratelimit import SlidingWindowLimiter
-from workers.sandbox.webhooks import (
+from mintfax_sandbox import carrier
+from mintfax_sandbox.faults import FaultConfig, FaultPlan
+from mintfax_sandbox.ratelimit import SlidingWindowLimiter
+from mintfax_sandbox.webhooks import (
     DeliveryPolicy,
     Signing,
     Target,
@@ -248,9 +247,7 @@ class Sandbox:
 
     def __init__(self, config: SandboxConfig, account_secret: str | None = None) -> None:
         self.initial_config = config
-        self.account_secret = (
-            account_secret or os.environ.get("FAXOUT_SANDBOX_WEBHOOK_SECRET") or new_secret()
-        )
+        self.account_secret = account_secret or new_secret()
         self.limiter = SlidingWindowLimiter(
             config.rate_limit_per_minute, config.rate_limit_window_seconds
         )
