@@ -4,6 +4,7 @@
     ├── ConfigurationError              a setting is missing or malformed
     ├── ValidationFailed                bad input; carries FieldError list; nothing was written
     ├── IdempotencyConflict             a key already names a different fax
+    ├── FleetStateUnavailable           retryable: Redis (throttle, pause mirror) unreachable
     └── MintfaxError                    anything the mintfax API said or failed to say
         ├── TransportError              retryable: connect/read failures, timeouts, resets
         ├── ServerError                 retryable: 500, 503 (and other 5xx)
@@ -14,8 +15,8 @@
         ├── IdempotencyKeyReuse         409 idempotency_key_reuse: needs a human
         └── RequestRejected             400, 422 and other 4xx: the fax is rejected
 
-Third-party exceptions (httpx, psycopg) are translated once, at the boundary that calls them;
-nothing above that boundary catches library exceptions.
+Third-party exceptions (httpx, psycopg, redis) are translated once, at the boundary that calls
+them; nothing above that boundary catches library exceptions.
 """
 
 from __future__ import annotations
@@ -78,6 +79,16 @@ class IdempotencyConflict(FaxOutboxError):
         super().__init__(
             f"idempotency_key: already used by fax {existing_id} with different content"
         )
+
+
+class FleetStateUnavailable(FaxOutboxError):
+    """Redis, which holds the fleet's throttle and pause mirror, cannot be reached.
+
+    Nobody may call mintfax without asking the throttle, so the fax waits; nothing is lost,
+    because Postgres is the truth.
+    """
+
+    retryable = True
 
 
 class MintfaxError(FaxOutboxError):

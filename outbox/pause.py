@@ -5,6 +5,7 @@ opens a pause *episode* in Postgres (the truth: the claim statement refuses to h
 while one is open). Redis holds a mirror that the hot path reads before each request, so the
 window between a pause and the last request that can still leave is one Redis round trip.
 A flushed Redis is healed by `FleetControl.sync_mirror`, which beat runs every few seconds.
+A Redis that cannot be reached raises `FleetStateUnavailable` (the mirror is the boundary).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from outbox.alerts import Alert, Alerter
 from outbox.clock import Clock
 from outbox.models import NOTIFY_CHANNEL, PauseReason
 from outbox.repository import Pause
-from outbox.throttle import FleetThrottle
+from outbox.throttle import FleetThrottle, fleet_state_unavailable
 
 _MESSAGES = {
     PauseReason.INSUFFICIENT_BALANCE: (
@@ -50,22 +51,21 @@ class PauseMirror:
 
     def is_paused(self) -> bool:
         """True when the mirror says a pause is open."""
-        return bool(self._redis.exists(self.key))
+        try:
+            return bool(self._redis.exists(self.key))
+        except redis.RedisError as exc:
+            raise fleet_state_unavailable("pause mirror", exc) from exc
 
     def publish(self, pauses: Sequence[Pause]) -> None:
         """Make the mirror equal to `pauses` (the open episodes read from Postgres)."""
-        if pauses:
-            value = json.dumps([{"id": p.id, "reason": p.reason} for p in pauses])
-            self._redis.set(self.key, value)
-        else:
-            self._redis.delete(self.key)
-
-    def reasons(self) -> list[str]:
-        """The reasons in the mirror (for status displays)."""
-        raw = self._redis.get(self.key)
-        if not raw:
-            return []
-        return [entry["reason"] for entry in json.loads(raw)]
+        try:
+            if pauses:
+                value = json.dumps([{"id": p.id, "reason": p.reason} for p in pauses])
+                self._redis.set(self.key, value)
+            else:
+                self._redis.delete(self.key)
+        except redis.RedisError as exc:
+            raise fleet_state_unavailable("pause mirror", exc) from exc
 
 
 def pause_in_transaction(

@@ -19,7 +19,6 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any, Protocol
 
-import redis
 from pydantic import SecretStr
 from sqlalchemy import Connection, Engine
 
@@ -30,6 +29,7 @@ from outbox.errors import (
     AuthenticationFailed,
     ConfigurationError,
     FaxOutboxError,
+    FleetStateUnavailable,
     IdempotencyInProgress,
     IdempotencyKeyReuse,
     InsufficientBalance,
@@ -164,7 +164,7 @@ def _submit(ctx: SubmitContext, conn: Connection, fax_id: int) -> Outcome:
 
     try:
         held = _wait_for_turn(ctx, conn, claimed, now)
-    except redis.RedisError as exc:
+    except FleetStateUnavailable as exc:
         # Without the throttle nobody may call mintfax: give the row back for a little while.
         log.warning("fax %s: throttle unavailable (%s); retrying soon", claimed.id, exc)
         return _release(ctx, conn, claimed, now + REDIS_OUTAGE_DELAY, Outcome.THROTTLED)

@@ -38,8 +38,8 @@ turn" in one round trip. The gate key shares the throttle's hash tag (one Redis 
 Redis state is disposable (invariant 1): both keys expire shortly after they stop mattering, and
 a flushed Redis simply starts from an idle bucket (at most one extra burst) with no cooldown.
 The script is loaded with `register_script`, so after `SCRIPT FLUSH` or a Redis restart the next
-call reloads it transparently. Redis errors (`redis.exceptions.RedisError`) propagate: a worker
-that cannot reach Redis cannot reach its Celery broker either.
+call reloads it transparently. A Redis that cannot be reached raises `FleetStateUnavailable`
+(retryable): this module is the boundary where redis-py's exceptions are translated.
 """
 
 from __future__ import annotations
@@ -50,6 +50,8 @@ from dataclasses import dataclass
 from typing import Literal
 
 import redis
+
+from outbox.errors import FleetStateUnavailable
 
 WINDOW_SECONDS = 60.0
 DEFAULT_MARGIN_SECONDS = 1.0
@@ -292,9 +294,20 @@ class FleetThrottle:
 
     def _run(self, op: str, cooldown_us: int = 0) -> tuple[int, int, int, int, int]:
         now = "" if self._time_source is None else str(round(self._time_source() * _US))
-        reply = self._script(
-            keys=self._acquire_keys if op == "acquire" else self._keys,
-            args=[op, self._interval_us, self._tolerance_us, cooldown_us, now],
-        )
+        try:
+            reply = self._script(
+                keys=self._acquire_keys if op == "acquire" else self._keys,
+                args=[op, self._interval_us, self._tolerance_us, cooldown_us, now],
+            )
+        except redis.RedisError as exc:
+            raise fleet_state_unavailable("throttle", exc) from exc
         outcome, cooldown_left, wait, at, tat = (int(v) for v in reply)
         return outcome, cooldown_left, wait, at, tat
+
+
+def fleet_state_unavailable(what: str, exc: redis.RedisError) -> FleetStateUnavailable:
+    """A redis-py error as the `FleetStateUnavailable` it means for the fleet's `what`."""
+    # redis-py's messages name the host and port, never the password of the URL.
+    return FleetStateUnavailable(
+        f"Redis unavailable for the fleet {what}: {type(exc).__name__}: {exc}"
+    )

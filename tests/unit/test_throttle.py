@@ -10,10 +10,15 @@ import bisect
 import heapq
 import math
 import random
+from collections.abc import Callable
+from datetime import UTC, datetime
 
 import fakeredis
 import pytest
 
+from outbox.errors import FleetStateUnavailable
+from outbox.pause import PauseMirror
+from outbox.repository import Pause
 from outbox.throttle import (
     MAX_COOLDOWN_SECONDS,
     WINDOW_SECONDS,
@@ -339,3 +344,41 @@ def test_gate_key_closes_acquire_without_taking_a_token() -> None:
     # Without a gate the same key means nothing to the throttle.
     client.set(gate, "[]")
     assert FleetThrottle(client, 600, key_prefix="other").try_acquire().granted
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda t: t.acquire(),
+        lambda t: t.try_acquire(),
+        lambda t: t.cooldown(5),
+        lambda t: t.cooldown_remaining(),
+        lambda t: t.snapshot(),
+    ],
+)
+def test_an_unreachable_redis_is_our_retryable_error(
+    server: fakeredis.FakeServer, call: Callable[[FleetThrottle], object]
+) -> None:
+    throttle = FleetThrottle(fakeredis.FakeRedis(server=server), 60)
+    server.connected = False
+    with pytest.raises(FleetStateUnavailable, match="throttle: ConnectionError") as caught:
+        call(throttle)
+    assert caught.value.retryable is True
+
+
+@pytest.mark.parametrize(
+    "call",
+    [lambda m: m.is_paused(), lambda m: m.publish([]), lambda m: m.publish([_pause()])],
+)
+def test_an_unreachable_redis_behind_the_pause_mirror_is_our_retryable_error(
+    server: fakeredis.FakeServer, call: Callable[[PauseMirror], object]
+) -> None:
+    mirror = PauseMirror(fakeredis.FakeRedis(server=server))
+    server.connected = False
+    with pytest.raises(FleetStateUnavailable, match="pause mirror: ConnectionError") as caught:
+        call(mirror)
+    assert caught.value.retryable is True
+
+
+def _pause() -> Pause:
+    return Pause(1, "operator", {}, datetime(2026, 3, 1, tzinfo=UTC), None)
