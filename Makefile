@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "fax-outbox needs Python >= 3.11")'
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev,embedded]'
+	$(BIN)/python -m pip install --quiet -e '.[worker,sandbox,embedded,dev]'
 	touch $(STAMP)
 
 test: $(STAMP)
@@ -25,15 +25,15 @@ demo: $(STAMP)
 	$(BIN)/faxout demo
 
 lint: $(STAMP)
-	$(BIN)/ruff check outbox workers migrations tests bench
-	$(BIN)/ruff format --check outbox workers migrations tests bench
+	$(BIN)/ruff check outbox workers mintfax_sandbox migrations tests bench
+	$(BIN)/ruff format --check outbox workers mintfax_sandbox migrations tests bench
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
 # Every benchmark runs even if an earlier one misses its target; the exit code says if any did.
 bench: $(STAMP)
-	@status=0; for b in enqueue sandbox drain latency throttle throttle_accuracy claim; do \
+	@status=0; for b in enqueue sandbox drain latency throttle throttle_accuracy claim startup; do \
 		$(BIN)/python bench/$$b.py || status=1; done; exit $$status
 
 clean:

@@ -5,7 +5,10 @@ after the task ran (`acks_late`) and requeued when a worker process dies mid-tas
 (`task_reject_on_worker_lost`), one message prefetched at a time. The Redis visibility timeout
 is far longer than any task, and no task ever uses a countdown or ETA (the retry schedule lives
 on the row), so Redis never redelivers a message that is still being worked on.
-Settings are read when Celery configures the app, in the worker's own process.
+The app owns the queue and task names; `workers.runtime` builds the objects the tasks use and
+never imports this module, so the two have no import circle. Settings are given to `configure`
+by the process that owns the app (the relay passes its own); a `celery -A workers.app` process
+reads them from its environment once, when Celery first configures the app.
 """
 
 from __future__ import annotations
@@ -16,13 +19,17 @@ from typing import Any
 from celery import Celery, signals
 
 from outbox.settings import Settings
-from workers.runtime import QUEUE, Runtime
+from workers.runtime import Runtime
+
+QUEUE = "faxout"
+SUBMIT_TASK = "faxout.submit_fax"
 
 app = Celery("faxout", include=["workers.tasks"])
 
 
 def configure(settings: Settings) -> None:
-    """Apply fax-outbox's Celery configuration for `settings`."""
+    """Apply fax-outbox's Celery configuration for `settings` (and let the tasks use them)."""
+    Runtime.configure(settings)
     # httpx logs every request at INFO; submit already logs one masked line per fax, and a
     # second, unmasked one per request costs CPU on the hot path for nothing.
     logging.getLogger("httpx").setLevel(logging.WARNING)
@@ -78,8 +85,10 @@ def configure(settings: Settings) -> None:
 
 
 @app.on_configure.connect
-def _configure_from_environment(sender: Celery, **_: Any) -> None:
-    configure(Settings.from_env())
+def _configure_on_first_use(sender: Celery, **_: Any) -> None:
+    # Fires once, on the first use of `app.conf`: in `celery -A workers.app` processes, or in a
+    # process that called `configure` (whose settings are then already given to the runtime).
+    configure(Runtime.configured_settings() or Settings.from_env())
 
 
 @signals.worker_process_shutdown.connect

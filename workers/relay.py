@@ -11,6 +11,7 @@ import logging
 import signal
 import threading
 import time
+from collections.abc import Sequence
 from types import FrameType
 
 import psycopg
@@ -18,6 +19,7 @@ import psycopg
 from outbox.dispatch import Dispatcher
 from outbox.models import NOTIFY_CHANNEL
 from outbox.settings import Settings, libpq_url
+from workers.app import QUEUE, SUBMIT_TASK, app, configure
 from workers.runtime import Runtime
 
 log = logging.getLogger("faxout.relay")
@@ -28,8 +30,13 @@ BACKPRESSURE_SLEEP = 0.05
 
 def run_relay(settings: Settings, stop: threading.Event, *, poll_interval: float = 0.5) -> None:
     """Dispatch due rows until `stop` is set; reconnects to Postgres after failures."""
+    configure(settings)  # the app publishes with these settings, not the environment's
     runtime = Runtime(settings)
-    dispatcher = runtime.dispatcher()
+
+    def publish(fax_ids: Sequence[int]) -> None:
+        app.send_task(SUBMIT_TASK, args=[list(fax_ids)], queue=QUEUE)
+
+    dispatcher = runtime.dispatcher(publish, QUEUE)
     url = libpq_url(settings.require_database_url())
     backoff = 0.5
     try:

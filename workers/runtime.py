@@ -2,7 +2,9 @@
 
 Celery's prefork pool forks child processes; database engines, HTTP clients and Redis
 connections must be created in the child, not inherited. `Runtime.get()` builds them lazily on
-first use in each process and `Runtime.close()` releases them at process shutdown.
+first use in each process and `Runtime.close()` releases them at process shutdown. The settings
+are the ones the process was configured with (`Runtime.configure`, called by the Celery app's
+`configure`); this module never imports the Celery app.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ import os
 import random
 import socket
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from typing import ClassVar
@@ -31,9 +33,6 @@ from outbox.settings import Settings
 from outbox.submit import SubmitContext
 from outbox.throttle import FleetThrottle
 
-QUEUE = "faxout"
-SUBMIT_TASK = "faxout.submit_fax"
-
 
 def worker_identity() -> str:
     """host:pid, unique per process across the fleet; used as lease owner."""
@@ -47,15 +46,30 @@ class Runtime:
     settings: Settings
 
     _lock: ClassVar[threading.Lock] = threading.Lock()
+    _settings: ClassVar[Settings | None] = None
     _instance: ClassVar[Runtime | None] = None
     _pid: ClassVar[int | None] = None
+
+    @classmethod
+    def configure(cls, settings: Settings) -> None:
+        """Use `settings` for this process's runtime (survives a fork, like the rest)."""
+        with cls._lock:
+            cls._settings = settings
+            cls._instance = None
+
+    @classmethod
+    def configured_settings(cls) -> Settings | None:
+        """The settings this process was configured with, if any."""
+        return cls._settings
 
     @classmethod
     def get(cls) -> Runtime:
         """This process's runtime (rebuilt after a fork)."""
         with cls._lock:
+            if cls._settings is None:
+                raise RuntimeError("Runtime.configure(settings) was not called in this process")
             if cls._instance is None or cls._pid != os.getpid():
-                cls._instance = cls(Settings.from_env())
+                cls._instance = cls(cls._settings)
                 cls._pid = os.getpid()
             return cls._instance
 
@@ -139,22 +153,17 @@ class Runtime:
             policy=RetryPolicy(max_attempts=self.settings.max_submit_attempts),
         )
 
-    def dispatcher(self) -> Dispatcher:
-        """A dispatcher publishing submit messages through the Celery app."""
-        from workers.app import app  # the relay is the only non-worker user of the app
-
+    def dispatcher(self, publish: Callable[[Sequence[int]], None], queue: str) -> Dispatcher:
+        """A dispatcher handing row ids to `publish`, watching the depth of broker `queue`."""
         broker = self.redis
 
-        def send(fax_ids: Sequence[int]) -> None:
-            app.send_task(SUBMIT_TASK, args=[list(fax_ids)], queue=QUEUE)
-
         def depth() -> int:
-            return int(broker.llen(QUEUE))
+            return int(broker.llen(queue))
 
         return Dispatcher(
             # One statement per dispatch: autocommit saves the BEGIN and COMMIT round trips.
             engine=self.engine.execution_options(isolation_level="AUTOCOMMIT"),
-            publish=send,
+            publish=publish,
             queue_depth=depth,
             clock=self.clock,
             redispatch_after=self.settings.redispatch_seconds,

@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections import Counter
 
 from outbox.submit import submit_faxes
-from workers.app import app
-from workers.runtime import SUBMIT_TASK, Runtime
+from workers.app import SUBMIT_TASK, app
+from workers.runtime import Runtime
 
 
 @app.task(name=SUBMIT_TASK, ignore_result=True)

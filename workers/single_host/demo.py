@@ -11,7 +11,6 @@ exactly once.
 from __future__ import annotations
 
 import contextlib
-import os
 import sys
 import tempfile
 import time
@@ -79,20 +78,25 @@ class DemoState:
         return (submitted - first_n) / (now - first_t) if now > first_t else 0.0
 
 
-def run(*, faxes: int = 300, flower: bool = False, timeout: float = 90.0) -> int:
-    """Run the demo; returns the process exit code."""
+def run(
+    *,
+    database_url: str | None,
+    redis_url: str | None,
+    faxes: int = 300,
+    flower: bool = False,
+    timeout: float = 90.0,
+) -> int:
+    """Run the demo on these services (embedded ones where None); returns the exit code."""
     console = Console()
     run_id = uuid.uuid4().hex[:8]
     prefix = f"demo-{run_id}-"
     with contextlib.ExitStack() as stack:
         console.print("[bold]fax-outbox demo[/bold]: starting services...")
-        urls = stack.enter_context(
-            embedded.services(os.environ.get("DATABASE_URL"), os.environ.get("REDIS_URL"))
-        )
+        urls = stack.enter_context(embedded.services(database_url, redis_url))
         embedded_note = []
-        if not os.environ.get("DATABASE_URL"):
+        if not database_url:
             embedded_note.append("Postgres")
-        if not os.environ.get("REDIS_URL"):
+        if not redis_url:
             embedded_note.append("Redis")
         if embedded_note:
             console.print(f"  embedded {' and '.join(embedded_note)} (URLs unset)")

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import httpx
 
-from workers.runtime import QUEUE
+from workers.app import QUEUE
 from workers.single_host.embedded import free_port
 
 # Variables of the calling shell that must not leak into a fleet started for a demo, a test or
