@@ -26,6 +26,7 @@ from outbox import schema
 from outbox.db import make_engine
 from outbox.settings import libpq_url
 from tests.sandbox_fixtures import *  # noqa: F403 (the mintfax sandbox fixtures)
+from tests.sandbox_fixtures import SERVER_FIXTURES
 from workers.single_host import embedded
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -34,6 +35,10 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         tier = Path(str(item.fspath)).parent.name
+        # tests/sandbox holds both tiers: a test that starts the simulator or a webhook
+        # receiver (through a fixture) is an acceptance test, the rest are unit tests.
+        if tier == "sandbox" and SERVER_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+            tier = "acceptance"
         if tier in ("integration", "acceptance"):
             item.add_marker(getattr(pytest.mark, tier))
 

@@ -6,6 +6,8 @@
   `/sandbox` HTTP API, so they are safe from any thread.
 - `sandbox_factory(config=SandboxConfig(...))`: the same with a configuration of your own.
 - `sandbox_process(*cli_args)`: `python -m mintfax_sandbox` as a real subprocess (acceptance tests).
+- `sandbox_cli(*cli_args)`: the same run to completion (for start-up errors): its exit status and
+  output.
 - `webhook_sink`: a receiver that records every webhook (raw body + headers) and answers with a
   scripted status/delay, for tests of delivery, retries and signatures.
 """
@@ -34,12 +36,14 @@ from mintfax_sandbox import Sandbox, SandboxConfig, ThreadedServer, create_app
 
 __all__ = [
     "SANDBOX_API_KEY",
+    "SERVER_FIXTURES",
     "SMALL_PDF",
     "SandboxHandle",
     "SandboxProcess",
     "WebhookSink",
     "running_sandbox",
     "sandbox",
+    "sandbox_cli",
     "sandbox_factory",
     "sandbox_process",
     "start_sandbox_process",
@@ -48,6 +52,10 @@ __all__ = [
 
 SANDBOX_API_KEY = "fx_test_sandbox_fixture_key"
 SMALL_PDF = b"%PDF-1.4\n1 0 obj<<>>endobj\ntrailer<<>>\n%%EOF\n"
+# The fixtures that start a server or a process: a test using one is an acceptance test.
+SERVER_FIXTURES = frozenset(
+    {"sandbox", "sandbox_factory", "sandbox_process", "sandbox_cli", "webhook_sink"}
+)
 
 
 class SandboxHandle:
@@ -241,9 +249,12 @@ class SandboxProcess:
 _LISTENING = re.compile(r"sandbox listening on (http://\S+)")
 
 
+SANDBOX_COMMAND = (sys.executable, "-m", "mintfax_sandbox")
+
+
 def start_sandbox_process(*args: str, timeout: float = 20) -> SandboxProcess:
     """Run `python -m mintfax_sandbox --port 0 ARGS` and wait for its "listening" line."""
-    command = [sys.executable, "-m", "mintfax_sandbox", "--port", "0", *args]
+    command = [*SANDBOX_COMMAND, "--port", "0", *args]
     process = subprocess.Popen(
         command,
         stdout=subprocess.PIPE,
@@ -282,6 +293,22 @@ def sandbox_process() -> Iterator[Callable[..., SandboxProcess]]:
     yield start
     for proc in started:
         proc.stop()
+
+
+@pytest.fixture
+def sandbox_cli() -> Callable[..., subprocess.CompletedProcess[str]]:
+    """Run `python -m mintfax_sandbox ARGS` to completion (for options that stop it at start)."""
+
+    def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [*SANDBOX_COMMAND, *args],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            env={**os.environ, **(env or {})},
+        )
+
+    return run
 
 
 @dataclass
