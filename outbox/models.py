@@ -54,6 +54,31 @@ TERMINAL_STATUSES = frozenset(
     {FaxStatus.DELIVERED, FaxStatus.FAILED, FaxStatus.REJECTED, FaxStatus.CANCELLED}
 )
 
+
+class Outcome(StrEnum):
+    """What one submission of a row did: what `submit_fax` returns, and the vocabulary of
+    `fax_attempts.outcome` (a CHECK constraint holds that column to `ATTEMPT_OUTCOMES`)."""
+
+    SUBMITTED = "submitted"
+    REPLAYED = "replayed"  # accepted: mintfax replayed the 201 of an earlier attempt
+    RETRY_SCHEDULED = "retry_scheduled"
+    RATE_LIMITED = "rate_limited"
+    IN_PROGRESS = "in_progress"
+    PAUSED = "paused"
+    REJECTED = "rejected"  # by mintfax
+    REJECTED_LOCALLY = "rejected_locally"  # by our own checks, without calling mintfax
+    FAILED = "failed"
+    NEEDS_REVIEW = "needs_review"
+    # Never in the attempt log: nothing was attempted, or the attempt's lease was lost.
+    NOT_CLAIMED = "not_claimed"
+    THROTTLED = "throttled"
+    LEASE_LOST = "lease_lost"
+
+
+ATTEMPT_OUTCOMES = tuple(
+    o for o in Outcome if o not in (Outcome.NOT_CLAIMED, Outcome.THROTTLED, Outcome.LEASE_LOST)
+)
+
 NOTIFY_CHANNEL = "fax_outbox_new"
 
 metadata = MetaData(
@@ -166,13 +191,17 @@ fax_attempts = Table(
     Column("started_at", DateTime(timezone=True), nullable=False),
     Column("finished_at", DateTime(timezone=True), nullable=False),
     Column("duration_ms", Integer, nullable=False),
-    # What we did about it: submitted, retry, rate_limited, paused, rejected, failed, ...
+    # What we did about it: an `Outcome` of ATTEMPT_OUTCOMES.
     Column("outcome", Text, nullable=False),
     Column("http_status", Integer),
     Column("error", JSONB),
     Column("request_id", Text),
     CheckConstraint("attempt >= 1", name="attempt_positive"),
     CheckConstraint("duration_ms >= 0", name="duration_nonnegative"),
+    CheckConstraint(
+        "outcome IN (" + ", ".join(f"'{o.value}'" for o in ATTEMPT_OUTCOMES) + ")",
+        name="outcome_known",
+    ),
 )
 Index("fax_attempts_fax_id_idx", fax_attempts.c.fax_id, fax_attempts.c.attempt)
 

@@ -16,8 +16,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
-from enum import StrEnum
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from pydantic import SecretStr
 from sqlalchemy import Connection, Engine
@@ -37,7 +36,7 @@ from outbox.errors import (
     RateLimited,
     RequestRejected,
 )
-from outbox.models import FaxStatus, PauseReason
+from outbox.models import FaxStatus, Outcome, PauseReason
 from outbox.pause import PauseMirror, pause_in_transaction
 from outbox.redaction import mask_number
 from outbox.repository import ClaimedFax
@@ -46,6 +45,11 @@ from outbox.settings import Environment
 from outbox.throttle import ThrottleDecision
 from outbox.validation import check_document, check_number, check_retries
 
+if TYPE_CHECKING:  # the client brings httpx; submit needs only the shape of its answer
+    from outbox.fax_client import SubmitResult
+
+__all__ = ["FaxSender", "Outcome", "SubmitContext", "submit_fax", "submit_faxes"]
+
 log = logging.getLogger("faxout.submit")
 
 # mintfax keeps idempotency keys for 24 h. Past that, a resend of a row whose first attempt has
@@ -53,22 +57,6 @@ log = logging.getLogger("faxout.submit")
 IDEMPOTENCY_WINDOW = timedelta(hours=24)
 IDEMPOTENCY_SAFETY_MARGIN = timedelta(minutes=30)
 REDIS_OUTAGE_DELAY = timedelta(seconds=5)
-
-
-class Outcome(StrEnum):
-    """What one call of `submit_fax` did."""
-
-    NOT_CLAIMED = "not_claimed"
-    SUBMITTED = "submitted"
-    RETRY_SCHEDULED = "retry_scheduled"
-    RATE_LIMITED = "rate_limited"
-    IN_PROGRESS = "in_progress"
-    THROTTLED = "throttled"
-    PAUSED = "paused"
-    REJECTED = "rejected"
-    FAILED = "failed"
-    NEEDS_REVIEW = "needs_review"
-    LEASE_LOST = "lease_lost"
 
 
 class FaxSender(Protocol):
@@ -83,7 +71,7 @@ class FaxSender(Protocol):
         idempotency_key: str,
         retries: int,
         webhook_url: str | None = None,
-    ) -> Any: ...
+    ) -> SubmitResult: ...
 
 
 class Throttle(Protocol):
@@ -127,9 +115,8 @@ class SubmitContext:
 class _Plan:
     """How to record an attempt's result: the row change and its side effects."""
 
-    outcome: Outcome
+    outcome: Outcome  # returned, and recorded in the attempt log
     values: dict[str, Any]
-    log_outcome: str
     alert: Alert | None = None
     pause: PauseReason | None = None
     cooldown: float | None = None
@@ -208,13 +195,12 @@ def _wait_for_turn(
     return None
 
 
-def plan_success(claimed: ClaimedFax, result: Any, now: datetime) -> _Plan:
+def plan_success(claimed: ClaimedFax, result: SubmitResult, now: datetime) -> _Plan:
     """mintfax accepted the fax (201, or a replay of the original 201)."""
     return _Plan(
-        outcome=Outcome.SUBMITTED,
-        log_outcome="replayed" if getattr(result, "replayed", False) else "submitted",
-        http_status=getattr(result, "status_code", None),
-        request_id=getattr(result, "request_id", None),
+        outcome=Outcome.REPLAYED if result.replayed else Outcome.SUBMITTED,
+        http_status=result.status_code,
+        request_id=result.request_id,
         values={
             "status": FaxStatus.SUBMITTED,
             "mintfax_fax_id": result.fax_id,
@@ -245,14 +231,12 @@ def plan_failure(
         )
         return _Plan(
             outcome=Outcome.PAUSED,
-            log_outcome="paused",
             values=_pending(now, envelope),
             pause=reason,
         )
     if isinstance(error, IdempotencyKeyReuse):
         return _Plan(
             outcome=Outcome.NEEDS_REVIEW,
-            log_outcome="needs_review",
             values={
                 "status": FaxStatus.NEEDS_REVIEW,
                 "status_reason": "idempotency_key_reuse",
@@ -270,7 +254,6 @@ def plan_failure(
     if isinstance(error, RequestRejected):
         return _Plan(
             outcome=Outcome.REJECTED,
-            log_outcome="rejected",
             values={
                 "status": FaxStatus.REJECTED,
                 "status_reason": error.error or "rejected",
@@ -294,7 +277,6 @@ def plan_failure(
     if isinstance(decision, GiveUp):
         return _Plan(
             outcome=Outcome.FAILED,
-            log_outcome="failed",
             values={
                 "status": FaxStatus.FAILED,
                 "status_reason": decision.reason,
@@ -319,7 +301,7 @@ def plan_failure(
         outcome, cooldown = Outcome.IN_PROGRESS, None
     else:
         outcome, cooldown = Outcome.RETRY_SCHEDULED, None
-    return _Plan(outcome=outcome, log_outcome=outcome.value, values=values, cooldown=cooldown)
+    return _Plan(outcome=outcome, values=values, cooldown=cooldown)
 
 
 def _pending(at: datetime, envelope: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -333,7 +315,6 @@ def _precheck(ctx: SubmitContext, claimed: ClaimedFax, now: datetime) -> _Plan |
     ):
         return _Plan(
             outcome=Outcome.NEEDS_REVIEW,
-            log_outcome="needs_review",
             values={"status": FaxStatus.NEEDS_REVIEW, "status_reason": "idempotency_window"},
             alert=Alert(
                 kind="needs_review",
@@ -351,14 +332,12 @@ def _precheck(ctx: SubmitContext, claimed: ClaimedFax, now: datetime) -> _Plan |
     except ConfigurationError as exc:  # e.g. MINTFAX_API_KEY_FILE unreadable mid-rotation
         return _Plan(
             outcome=Outcome.PAUSED,
-            log_outcome="paused",
             values=_pending(now, {"kind": "ConfigurationError", "message": str(exc)}),
             pause=PauseReason.AUTHENTICATION_FAILED,
         )
     if key_problem:
         return _Plan(
             outcome=Outcome.PAUSED,
-            log_outcome="paused",
             values=_pending(now, {"kind": "ApiKeyMismatch", "message": key_problem}),
             pause=PauseReason.API_KEY_MISMATCH,
         )
@@ -368,8 +347,7 @@ def _precheck(ctx: SubmitContext, claimed: ClaimedFax, now: datetime) -> _Plan |
     if not errors:
         return None
     return _Plan(
-        outcome=Outcome.REJECTED,
-        log_outcome="rejected_locally",
+        outcome=Outcome.REJECTED_LOCALLY,
         values={
             "status": FaxStatus.REJECTED,
             "status_reason": "invalid_" + errors[0].field,
@@ -430,7 +408,7 @@ def _apply(
         "started_at": started,
         "finished_at": ctx.clock.now(),
         "duration_ms": duration_ms,
-        "outcome": plan.log_outcome,
+        "outcome": plan.outcome,
         "http_status": plan.http_status,
         "error": error,
         "request_id": plan.request_id,
@@ -472,14 +450,16 @@ def _apply(
 
 def _log_outcome(claimed: ClaimedFax, plan: _Plan, duration_ms: int) -> None:
     # Successes are routine (Celery logs each task's tally); everything else is worth a line.
-    level = logging.DEBUG if plan.outcome is Outcome.SUBMITTED else logging.INFO
+    level = logging.INFO
+    if plan.outcome in (Outcome.SUBMITTED, Outcome.REPLAYED):
+        level = logging.DEBUG
     if log.isEnabledFor(level):
         log.log(
             level,
             "fax %s to %s: %s (attempt %s, %d ms)",
             claimed.id,
             mask_number(claimed.to_number),
-            plan.log_outcome,
+            plan.outcome,
             claimed.attempts + 1,
             duration_ms,
         )

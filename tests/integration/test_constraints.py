@@ -12,7 +12,7 @@ from psycopg import errors as pg_errors
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.schema import CreateTable
 
-from outbox.models import metadata
+from outbox.models import ATTEMPT_OUTCOMES, Outcome, metadata
 from tests import fixtures_files as files
 
 TEN_MB = 10 * 1024 * 1024
@@ -197,6 +197,7 @@ def _attempt(conn: psycopg.Connection[Any], for_fax: int, **changes: Any) -> Non
         ({"attempt": 0}, "fax_attempts_attempt_positive_check"),
         ({"duration_ms": -1}, "fax_attempts_duration_nonnegative_check"),
         ({"fax_id": 999_999}, "fax_attempts_fax_id_fkey"),
+        ({"outcome": "retry"}, "fax_attempts_outcome_known_check"),
     ],
 )
 def test_attempt_log_constraints(
@@ -208,6 +209,20 @@ def test_attempt_log_constraints(
         _attempt(conn, fax_id, **changes)
     assert caught.value.diag.constraint_name == constraint
     assert constraint in str(caught.value)
+
+
+@pytest.mark.parametrize("outcome", list(Outcome))
+def test_the_attempt_log_speaks_the_outcome_vocabulary(
+    conn: psycopg.Connection[Any], outcome: Outcome
+) -> None:
+    fax_id = _insert(conn)
+    if outcome in ATTEMPT_OUTCOMES:
+        _attempt(conn, fax_id, outcome=outcome.value)
+        return
+    # Nothing was attempted (not claimed, throttled) or the lease was lost: never logged.
+    with pytest.raises(pg_errors.CheckViolation) as caught:
+        _attempt(conn, fax_id, outcome=outcome.value)
+    assert caught.value.diag.constraint_name == "fax_attempts_outcome_known_check"
 
 
 def test_attempts_go_with_their_fax(conn: psycopg.Connection[Any]) -> None:

@@ -32,6 +32,7 @@ from outbox.errors import (
     ServerError,
     TransportError,
 )
+from outbox.fax_client import SubmitResult
 from outbox.models import alerts, fax_attempts, fax_outbox
 from outbox.pause import FleetControl, PauseMirror
 from outbox.rescuer import LeaseRescuer
@@ -42,25 +43,27 @@ PDF = b"%PDF-1.4\n1 0 obj<<>>endobj\ntrailer<<>>\n%%EOF\n"
 PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 32
 
 
-@dataclass
-class Accepted:
-    fax_id: str
-    status: str = "queued"
-    status_code: int = 201
-    request_id: str | None = "req_1"
-    replayed: bool = False
+def accepted(fax_id: str, *, replayed: bool = False) -> SubmitResult:
+    return SubmitResult(
+        fax_id=fax_id,
+        status="queued",
+        status_code=201,  # a replay repeats the stored 201
+        request_id="req_1",
+        replayed=replayed,
+        duration_ms=3,
+    )
 
 
 @dataclass
 class ScriptedSender:
     """Answers each send_fax with the next scripted result (an exception is raised)."""
 
-    script: list[Any] = field(default_factory=list)
+    script: list[SubmitResult | Exception] = field(default_factory=list)
     calls: list[dict[str, Any]] = field(default_factory=list)
 
-    def send_fax(self, **kwargs: Any) -> Any:
+    def send_fax(self, **kwargs: Any) -> SubmitResult:
         self.calls.append(kwargs)
-        result = self.script.pop(0) if self.script else Accepted(f"fax-{len(self.calls)}")
+        result = self.script.pop(0) if self.script else accepted(f"fax-{len(self.calls)}")
         if isinstance(result, Exception):
             raise result
         return result
@@ -159,6 +162,24 @@ def test_submitted_row_keeps_key_and_fax_id(harness: Harness) -> None:
     assert harness.sender.calls[0]["to"] == "+15005550001"
     [attempt] = harness.attempts(fax_id)
     assert attempt["outcome"] == "submitted" and attempt["http_status"] == 201
+
+
+def test_a_replayed_acceptance_is_a_submission_logged_as_a_replay(harness: Harness) -> None:
+    """After a lost 201, the resend with the same key comes back as mintfax's replay."""
+    fax_id = harness.enqueue()
+    harness.sender.script = [TransportError("reset"), accepted("fax-9", replayed=True)]
+    harness.dispatch()
+    assert harness.submit(fax_id) is Outcome.RETRY_SCHEDULED
+    harness.make_due()
+    harness.dispatch()
+    assert harness.submit(fax_id) is Outcome.REPLAYED
+    row = harness.row(fax_id)
+    assert row["status"] == "submitted" and row["mintfax_fax_id"] == "fax-9"
+    assert row["attempts"] == 2
+    assert [(a["outcome"], a["http_status"]) for a in harness.attempts(fax_id)] == [
+        ("retry_scheduled", None),
+        ("replayed", 201),
+    ]
 
 
 def test_duplicate_message_does_nothing(harness: Harness) -> None:
@@ -301,7 +322,7 @@ def test_spoofed_file_from_plain_sql_is_rejected_without_calling_mintfax(
         harness.engine, to_number="+15005550001", document=PNG, filename="x.pdf", reference="s"
     )
     harness.dispatch()
-    assert harness.submit(fax_id) is Outcome.REJECTED
+    assert harness.submit(fax_id) is Outcome.REJECTED_LOCALLY
     row = harness.row(fax_id)
     assert row["status"] == "rejected" and row["status_reason"] == "invalid_filename"
     assert "PNG" in row["last_error"]["message"]
@@ -369,12 +390,12 @@ def test_lost_lease_does_not_overwrite_the_new_owner(harness: Harness) -> None:
     fax_id = harness.enqueue()
     harness.dispatch()
 
-    def steal(**kwargs: Any) -> Accepted:
+    def steal(**kwargs: Any) -> SubmitResult:
         with harness.engine.begin() as conn:
             conn.execute(
                 text("UPDATE fax_outbox SET lease_owner = 'other' WHERE id = :id"), {"id": fax_id}
             )
-        return Accepted("fax-x")
+        return accepted("fax-x")
 
     harness.sender.send_fax = steal  # type: ignore[method-assign]
     assert harness.submit(fax_id) is Outcome.LEASE_LOST
@@ -451,7 +472,7 @@ def test_autocommit_fast_path_records_the_same_outcomes(harness: Harness) -> Non
         harness.enqueue(ref="b"),
         harness.enqueue(ref="c"),
     )
-    harness.sender.script = [Accepted("fax-ok"), ServerError("503", status_code=503)]
+    harness.sender.script = [accepted("fax-ok"), ServerError("503", status_code=503)]
     harness.dispatch()
     assert harness.submit(ok) is Outcome.SUBMITTED
     assert harness.submit(retried) is Outcome.RETRY_SCHEDULED
