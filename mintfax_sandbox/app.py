@@ -28,8 +28,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from mintfax_sandbox import carrier, multipart
 from mintfax_sandbox.faults import Fault, FaultConfig, FaultSpecError, reset_transport
+from mintfax_sandbox.filetypes import document_kind
 from mintfax_sandbox.state import EVENTS, IdempotencyEntry, Sandbox, SandboxConfig, iso
-from outbox.filetypes import sniff
 
 MAX_FILE_BYTES = 10 * 1024 * 1024
 MAX_FORM_OVERHEAD = 64 * 1024  # the other fields and the part headers
@@ -328,7 +328,7 @@ async def _read_submission(request: Request, header_key: str | None) -> Submissi
     elif len(document) > MAX_FILE_BYTES:
         errors["file"] = ["The file may not be larger than 10 MB."]
     else:
-        file_type = sniff(document)
+        file_type = document_kind(document)
         if file_type is None:
             errors["file"] = [
                 "Unsupported file type: send PDF, DOCX, XLSX, JPG, PNG, TIFF, HTML or TXT."
@@ -360,7 +360,7 @@ async def _read_submission(request: Request, header_key: str | None) -> Submissi
     assert isinstance(to, str)
     assert document is not None
     assert file_type is not None
-    return Submission(to, retries, webhook_url, key, document, str(file_type))
+    return Submission(to, retries, webhook_url, key, document, file_type)
 
 
 def _fingerprint(s: Submission) -> bytes:
