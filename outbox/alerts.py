@@ -1,7 +1,7 @@
 """One mechanism for every alert: a row in `alerts`, a log line at ERROR, an optional JSON POST.
 
 An alert is recorded inside the transaction that decided it, under a dedupe key naming its
-episode (`fleet_paused:<pause id>`, `retries_exhausted:fax:<id>`), so one episode alerts once
+episode (`fleet_paused:<pause id>`, `fax_failed:fax:<id>`), so one episode alerts once
 however many workers see it. Logging and the webhook POST happen after the commit
 (`deliver`); alerts whose POST failed are retried by `deliver_pending` on a schedule.
 """
@@ -19,6 +19,8 @@ from sqlalchemy import Connection, Engine
 
 from outbox import repository
 from outbox.clock import Clock
+from outbox.models import FaxStatus
+from outbox.retry import GiveUp
 
 log = logging.getLogger("faxout.alerts")
 
@@ -33,6 +35,26 @@ class Alert:
     severity: str = "error"
     detail: Mapping[str, Any] = field(default_factory=dict)
     fax_id: int | None = None
+
+
+# The alert of a fax given up on, by the status it took: (kind, what the message says).
+_GIVE_UP_ALERTS: Mapping[FaxStatus, tuple[str, str]] = {
+    FaxStatus.FAILED: ("fax_failed", "failed"),
+    FaxStatus.NEEDS_REVIEW: ("needs_review", "needs review"),
+    FaxStatus.REJECTED: ("fax_rejected", "was rejected"),
+}
+
+
+def give_up_alert(fax_id: int, decision: GiveUp, why: str, error: Mapping[str, Any]) -> Alert:
+    """The alert raised when `outbox.retry` gives up on a fax with `alert=True`."""
+    kind, what = _GIVE_UP_ALERTS[decision.status]
+    return Alert(
+        kind=kind,
+        dedupe_key=f"{kind}:fax:{fax_id}",
+        message=f"fax {fax_id} {what} ({decision.reason}): {why}",
+        detail={"reason": decision.reason, "error": dict(error)},
+        fax_id=fax_id,
+    )
 
 
 class Alerter:

@@ -2,8 +2,11 @@
 
     FaxOutboxError                      retryable=False unless stated
     ├── ConfigurationError              a setting is missing or malformed
+    │   └── ApiKeyMismatch              the API key does not fit FAXOUT_ENVIRONMENT
     ├── ValidationFailed                bad input; carries FieldError list; nothing was written
     ├── IdempotencyConflict             a key already names a different fax
+    ├── IdempotencyWindowClosed         an unknown outcome outlived mintfax's 24 h key window
+    ├── LeaseExpired                    retryable: a worker died mid-send; outcome unknown
     ├── FleetStateUnavailable           retryable: Redis (throttle, pause mirror) unreachable
     └── MintfaxError                    anything the mintfax API said or failed to say
         ├── TransportError              retryable: connect/read failures, timeouts, resets
@@ -15,6 +18,8 @@
         ├── IdempotencyKeyReuse         409 idempotency_key_reuse: needs a human
         └── RequestRejected             400, 422 and other 4xx: the fax is rejected
 
+What each error means for a fax, its row and the fleet is decided in one table,
+`outbox.retry.FAILURES`; `retryable` says only whether the same request may succeed later.
 Third-party exceptions (httpx, psycopg, redis) are translated once, at the boundary that calls
 them; nothing above that boundary catches library exceptions.
 """
@@ -22,6 +27,7 @@ them; nothing above that boundary catches library exceptions.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 
@@ -29,6 +35,15 @@ class FaxOutboxError(Exception):
     """Root of every error fax-outbox raises on purpose."""
 
     retryable: bool = False
+
+    @property
+    def code(self) -> str | None:
+        """A short machine-readable name of what went wrong, when the error carries one."""
+        return None
+
+    def envelope(self) -> dict[str, Any]:
+        """What we store on the row as `last_error` (JSON); never holds secrets."""
+        return {"kind": type(self).__name__, "message": str(self)}
 
 
 class ConfigurationError(FaxOutboxError):
@@ -38,6 +53,10 @@ class ConfigurationError(FaxOutboxError):
         self.setting = setting
         self.reason = reason
         super().__init__(f"{setting} {reason}")
+
+
+class ApiKeyMismatch(ConfigurationError):
+    """The API key is of the other mintfax environment, or of no known one; never shows it."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +88,14 @@ class ValidationFailed(FaxOutboxError):
             out.setdefault(err.field, []).append(err.reason)
         return out
 
+    @property
+    def code(self) -> str:
+        """`invalid_<field>` of the first refused field."""
+        return f"invalid_{self.errors[0].field}"
+
+    def envelope(self) -> dict[str, Any]:
+        return {**super().envelope(), "context": {"errors": self.as_dict()}}
+
 
 class IdempotencyConflict(FaxOutboxError):
     """An idempotency key that is already stored for a different recipient/document/reference."""
@@ -79,6 +106,35 @@ class IdempotencyConflict(FaxOutboxError):
         super().__init__(
             f"idempotency_key: already used by fax {existing_id} with different content"
         )
+
+
+class IdempotencyWindowClosed(FaxOutboxError):
+    """An earlier attempt's outcome is unknown and mintfax no longer remembers its key.
+
+    mintfax keeps idempotency keys for 24 h; past that, a resend could create a second fax.
+    """
+
+    def __init__(self, first_attempt_at: datetime) -> None:
+        self.first_attempt_at = first_attempt_at
+        super().__init__(
+            "an earlier attempt has an unknown outcome and mintfax's 24 h idempotency window "
+            "has passed; check mintfax before resending"
+        )
+
+    def envelope(self) -> dict[str, Any]:
+        return {
+            **super().envelope(),
+            "context": {"first_attempt_at": self.first_attempt_at.isoformat()},
+        }
+
+
+class LeaseExpired(FaxOutboxError):
+    """The worker sending a fax vanished (crash, SIGKILL, lost host); the outcome is unknown.
+
+    Found by the lease rescuer, never raised: it names the case in `outbox.retry.FAILURES`.
+    """
+
+    retryable = True
 
 
 class FleetStateUnavailable(FaxOutboxError):
@@ -116,8 +172,12 @@ class MintfaxError(FaxOutboxError):
         self.context = context or {}
         self.request_id = request_id
 
+    @property
+    def code(self) -> str | None:
+        """mintfax's `error` code, when its envelope had one."""
+        return self.error
+
     def envelope(self) -> dict[str, Any]:
-        """What we store on the row as `last_error` (JSON); never holds secrets."""
         return {
             "kind": type(self).__name__,
             "status_code": self.status_code,

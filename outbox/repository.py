@@ -252,9 +252,9 @@ _RESCUE_EXPIRED = text(
     )
     UPDATE fax_outbox AS f
     SET status = CASE WHEN f.attempts + 1 >= :max_attempts
-                      THEN 'needs_review'::fax_status ELSE 'pending'::fax_status END,
+                      THEN CAST(:exhausted_status AS fax_status) ELSE 'pending'::fax_status END,
         status_reason = CASE WHEN f.attempts + 1 >= :max_attempts
-                             THEN 'unknown_outcome_attempts_exhausted' ELSE f.status_reason END,
+                             THEN :exhausted_reason ELSE f.status_reason END,
         attempts = f.attempts + 1,
         next_attempt_at = :now,
         last_error = jsonb_build_object(
@@ -415,15 +415,30 @@ def _finish_statement(columns: tuple[str, ...]) -> ReturningInsert[Any]:
 
 
 def rescue_expired_leases(
-    conn: Connection, *, now: datetime, max_attempts: int, limit: int = 500
+    conn: Connection,
+    *,
+    now: datetime,
+    max_attempts: int,
+    exhausted_status: FaxStatus,
+    exhausted_reason: str,
+    limit: int,
 ) -> list[tuple[int, FaxStatus, int]]:
-    """Return rows whose worker vanished to `pending` (same key: a resend is a replay).
+    """Return up to `limit` rows whose worker vanished to `pending` (same key: a resend is a
+    replay), oldest lease first.
 
     Each rescue counts as an attempt of unknown outcome; when that exhausts the attempts the
-    row goes to `needs_review` instead. Returns (id, new status, attempts) per rescued row.
+    row takes `exhausted_status` and `exhausted_reason` instead (what `outbox.retry` decides for
+    a lost lease). Returns (id, new status, attempts) per rescued row.
     """
     result = conn.execute(
-        _RESCUE_EXPIRED, {"now": now, "max_attempts": max_attempts, "limit": limit}
+        _RESCUE_EXPIRED,
+        {
+            "now": now,
+            "max_attempts": max_attempts,
+            "exhausted_status": exhausted_status.value,
+            "exhausted_reason": exhausted_reason,
+            "limit": limit,
+        },
     )
     return [(row_id, FaxStatus(status), attempts) for row_id, status, attempts in result]
 

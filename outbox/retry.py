@@ -1,15 +1,27 @@
-"""When to try a fax again, as a pure function: retries are data (invariant 4).
+"""What a failed attempt means, as one pure function: retries are data (invariant 4).
 
-`decide(now, attempts_made, error, policy, rng)` turns the error of a failed submission into
-either `RetryAt` (the `next_attempt_at` to store on the row) or `GiveUp`. Nothing here sleeps,
-reads a clock or does I/O: the caller passes `now` and a `random.Random`, so a seeded RNG makes
-every schedule reproducible in tests, and Celery's own countdown is never the schedule.
+`decide(now, attempts_made, error, policy, rng)` answers, for every error fax-outbox knows, what
+becomes of the row, the fleet and the operators:
 
-What counts as an attempt: only a submission that reached mintfax or tried to (network errors
-and 5xx). Waiting for a 429 `Retry-After` or for a concurrent request with the same idempotency
-key (409 `idempotency_key_in_progress`) costs no attempt, because the fax was not tried; those
-waits are bounded by the provider, not by us. A fax whose outcome stays unknown past mintfax's
-24 h idempotency window is parked by the relay (invariant 3), which bounds even those loops.
+    RetryAt(at, consumes_attempt, outcome)   the row waits in `pending` until `at`
+    CoolDown(seconds, at)                    429: the whole fleet waits; the row is due at `at`
+    PauseFleet(reason, at)                   the setup is wrong for every fax (402, the key):
+                                             the fleet stops, the row stays `pending`
+    GiveUp(status, reason, alert, ...)       the row leaves for `rejected`, `failed` or
+                                             `needs_review`, with `status_reason` and an alert
+
+The answers come from one table, `FAILURES` (error class -> rule), read top down; the caller
+turns a decision into row values without looking at the error's class (outbox/submit.py).
+Nothing here sleeps, reads a clock or does I/O: the caller passes `now` and a `random.Random`,
+so a seeded RNG makes every schedule reproducible in tests, and Celery's own countdown is never
+the schedule.
+
+What counts as an attempt: only a submission that reached mintfax or tried to. Waiting for a
+429 `Retry-After`, for a concurrent request with the same idempotency key (409
+`idempotency_key_in_progress`) or for an unreachable Redis costs no attempt, because the fax
+was not tried; those waits are bounded by the provider, not by us. A fax whose outcome stays
+unknown past mintfax's 24 h idempotency window is parked before it is sent again (invariant 3),
+which bounds even those loops.
 
 Backoff is "full jitter" (AWS architecture blog, "Exponential Backoff And Jitter"): the delay is
 uniform in `[0, min(cap, base * 2 ** (attempt - 1))]`. Spreading retries over the whole interval
@@ -21,21 +33,31 @@ from __future__ import annotations
 import math
 import random
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
+from operator import attrgetter
+from typing import ClassVar, Final
 
 from outbox.errors import (
+    ApiKeyMismatch,
     AuthenticationFailed,
+    ConfigurationError,
     FaxOutboxError,
+    FleetStateUnavailable,
     IdempotencyInProgress,
     IdempotencyKeyReuse,
+    IdempotencyWindowClosed,
     InsufficientBalance,
+    LeaseExpired,
     RateLimited,
     RequestRejected,
     ServerError,
     TransportError,
+    ValidationFailed,
 )
+from outbox.models import FaxStatus, Outcome, PauseReason
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,6 +70,8 @@ class RetryPolicy:
     max_attempts: int = 5
     # 409 idempotency_key_in_progress: the first request is still running; look again soon.
     in_progress_wait_seconds: float = 2.0
+    # Redis (throttle, pause mirror) unreachable: nobody may send; look again in this long.
+    fleet_state_wait_seconds: float = 5.0
     # 429 without a usable Retry-After: mintfax's window is 60 s, so half of it is a fair guess.
     default_retry_after_seconds: float = 30.0
     # A Retry-After longer than this is treated as a server mistake, not an instruction.
@@ -67,6 +91,8 @@ class RetryPolicy:
             raise ValueError("min_retry_after_seconds must be > 0 and <= max_retry_after_seconds")
         if not self.in_progress_wait_seconds > 0:
             raise ValueError("in_progress_wait_seconds must be > 0")
+        if not self.fleet_state_wait_seconds > 0:
+            raise ValueError("fleet_state_wait_seconds must be > 0")
         if not (
             self.min_retry_after_seconds
             <= self.default_retry_after_seconds
@@ -75,41 +101,234 @@ class RetryPolicy:
             raise ValueError("default_retry_after_seconds must lie within [min, max]")
 
 
+# --- the decisions ---------------------------------------------------------------------------
+
+
 @dataclass(frozen=True, slots=True)
 class RetryAt:
-    """Try again at `at` (tz-aware UTC); `consumes_attempt` says whether the failure counted."""
+    """The row waits in `pending` until `at` (tz-aware); `consumes_attempt`: the failure counted."""
 
     at: datetime
     consumes_attempt: bool
-    reason: str
+    outcome: Outcome
+
+
+@dataclass(frozen=True, slots=True)
+class CoolDown:
+    """429: the whole fleet waits `seconds`; the row is due again at `at`. No attempt used."""
+
+    seconds: float
+    at: datetime
+    consumes_attempt: ClassVar[bool] = False
+    outcome: ClassVar[Outcome] = Outcome.RATE_LIMITED
+
+
+@dataclass(frozen=True, slots=True)
+class PauseFleet:
+    """Nothing can be sent by anyone: pause the fleet for `reason`; the row stays pending."""
+
+    reason: PauseReason
+    at: datetime
+    consumes_attempt: ClassVar[bool] = False
+    outcome: ClassVar[Outcome] = Outcome.PAUSED
 
 
 @dataclass(frozen=True, slots=True)
 class GiveUp:
-    """Stop trying this fax; `reason` is `"retries_exhausted"` or the kind of error."""
+    """Stop trying this fax: the row takes `status` with `reason` as its `status_reason`."""
 
+    status: FaxStatus
     reason: str
+    alert: bool  # whether an operator alert is raised
+    consumes_attempt: bool  # False when mintfax was never called
+    outcome: Outcome
 
 
-Decision = RetryAt | GiveUp
+Decision = RetryAt | CoolDown | PauseFleet | GiveUp
 
-RETRIES_EXHAUSTED = "retries_exhausted"
 
-# The GiveUp reason of each error that is never retried. The names match the row status
-# (`rejected`) and the fleet pause reasons (`insufficient_balance`, `authentication_failed`).
-_GIVE_UP_REASONS: tuple[tuple[type[FaxOutboxError], str], ...] = (
-    (RequestRejected, "rejected"),
-    (InsufficientBalance, "insufficient_balance"),
-    (AuthenticationFailed, "authentication_failed"),
-    (IdempotencyKeyReuse, "idempotency_key_reuse"),
+# --- the rules the table is written in -------------------------------------------------------
+
+_GIVE_UP_OUTCOMES: Final = {
+    FaxStatus.REJECTED: Outcome.REJECTED,
+    FaxStatus.FAILED: Outcome.FAILED,
+    FaxStatus.NEEDS_REVIEW: Outcome.NEEDS_REVIEW,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Stop:
+    """Give up with `status` and `reason`.
+
+    `own_code`: the error's own code (mintfax's `error`, the refused field) is the reason when
+    it has one. `consumes_attempt=False` for refusals made before mintfax was called. `outcome`
+    defaults to the one named like the status.
+    """
+
+    status: FaxStatus
+    reason: str
+    alert: bool = False
+    consumes_attempt: bool = True
+    own_code: bool = False
+    outcome: Outcome | None = None
+
+    def __post_init__(self) -> None:
+        if self.status not in _GIVE_UP_OUTCOMES:
+            raise ValueError(f"cannot give up into {self.status}")
+
+    def give_up(self, error: FaxOutboxError) -> GiveUp:
+        return GiveUp(
+            status=self.status,
+            reason=(error.code if self.own_code else None) or self.reason,
+            alert=self.alert,
+            consumes_attempt=self.consumes_attempt,
+            outcome=self.outcome or _GIVE_UP_OUTCOMES[self.status],
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Resend:
+    """Send again with the same key (a replay at worst), using an attempt: after full-jitter
+    backoff, or at once; `exhausted` once the policy's attempts are used up."""
+
+    exhausted: Stop
+    at_once: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Wait:
+    """Come back after `seconds(policy)`, plus up to `jitter` of it at random; no attempt used.
+
+    The jitter keeps workers that collided (on one key) from colliding again.
+    """
+
+    seconds: Callable[[RetryPolicy], float]
+    outcome: Outcome
+    jitter: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class HonourRetryAfter:
+    """The whole fleet waits the error's `Retry-After`, clamped by the policy."""
+
+
+@dataclass(frozen=True, slots=True)
+class PauseFor:
+    """Pause the fleet for `reason`: the fault is the setup's, not the fax's (invariant 9)."""
+
+    reason: PauseReason
+
+
+Rule = Resend | Wait | HonourRetryAfter | PauseFor | Stop
+ErrorTypes = type[FaxOutboxError] | tuple[type[FaxOutboxError], ...]
+
+# The outcome of the attempt is unknown: no answer, a 5xx, or a 2xx we could not read (a
+# TransportError). The fax may exist at mintfax, so it is sent again only with the same key.
+UNKNOWN_OUTCOME: Final = (TransportError, ServerError)
+
+_IN_PROGRESS_WAIT = attrgetter("in_progress_wait_seconds")
+_FLEET_STATE_WAIT = attrgetter("fleet_state_wait_seconds")
+
+# What each failure means; the first row whose class matches wins (subclasses above parents).
+# Every attempt that counts against `max_attempts` has an unknown outcome, so the `Resend` rows
+# also say what becomes of a row whose attempts run out with its outcome still unknown.
+FAILURES: Final[tuple[tuple[ErrorTypes, Rule], ...]] = (
+    # Waits that are nobody's failure: no attempt is used.
+    (RateLimited, HonourRetryAfter()),
+    (IdempotencyInProgress, Wait(_IN_PROGRESS_WAIT, Outcome.IN_PROGRESS, jitter=0.5)),
+    (FleetStateUnavailable, Wait(_FLEET_STATE_WAIT, Outcome.THROTTLED)),
+    # Unknown outcomes: again, with the same key, while attempts last.
+    (UNKNOWN_OUTCOME, Resend(Stop(FaxStatus.FAILED, "retries_exhausted", alert=True))),
+    (
+        LeaseExpired,  # the rescuer's bulk SQL follows this row (outbox/rescuer.py)
+        Resend(
+            Stop(FaxStatus.NEEDS_REVIEW, "unknown_outcome_attempts_exhausted", alert=True),
+            at_once=True,
+        ),
+    ),
+    # Wrong for every fax: stop the fleet, keep the row pending (invariant 9).
+    (InsufficientBalance, PauseFor(PauseReason.INSUFFICIENT_BALANCE)),
+    (AuthenticationFailed, PauseFor(PauseReason.AUTHENTICATION_FAILED)),
+    (ApiKeyMismatch, PauseFor(PauseReason.API_KEY_MISMATCH)),
+    (ConfigurationError, PauseFor(PauseReason.AUTHENTICATION_FAILED)),  # e.g. key file unreadable
+    # About this fax only.
+    (IdempotencyKeyReuse, Stop(FaxStatus.NEEDS_REVIEW, "idempotency_key_reuse", alert=True)),
+    (
+        IdempotencyWindowClosed,
+        Stop(FaxStatus.NEEDS_REVIEW, "idempotency_window", alert=True, consumes_attempt=False),
+    ),
+    (RequestRejected, Stop(FaxStatus.REJECTED, "rejected", own_code=True)),
+    (
+        ValidationFailed,  # our own checks, before mintfax was called
+        Stop(
+            FaxStatus.REJECTED,
+            "invalid",
+            own_code=True,
+            consumes_attempt=False,
+            outcome=Outcome.REJECTED_LOCALLY,
+        ),
+    ),
+    # Anything else: nobody knows what happened, so a human looks (never `failed`).
+    (FaxOutboxError, Stop(FaxStatus.NEEDS_REVIEW, "unexpected_error", alert=True)),
 )
-
-# The in-progress wait gets up to this fraction added at random, so workers that collided on
-# one key do not collide again.
-_IN_PROGRESS_JITTER = 0.5
 
 # Whole or decimal seconds. RFC 9110 allows only digits; a fraction is harmless to accept.
 _SECONDS = re.compile(r"^\d+(?:\.\d+)?$")
+
+
+def decide(
+    now: datetime,
+    attempts_made: int,
+    error: FaxOutboxError,
+    policy: RetryPolicy,
+    rng: random.Random,
+) -> Decision:
+    """What a submission that failed with `error` means for the row, the fleet and operators.
+
+    `attempts_made` counts the attempts the row had used before this one (its `attempts`
+    column); whether this failure uses one more is the table's answer (`consumes_attempt`).
+    Total: every `FaxOutboxError` has an answer (`FAILURES` ends with the root class).
+    """
+    _require_aware(now)
+    if attempts_made < 0:
+        raise ValueError(f"attempts_made must be >= 0, got {attempts_made}")
+    match rule_for(error):
+        case Resend(exhausted, at_once):
+            attempt = attempts_made + 1  # the one that just failed
+            if attempt >= policy.max_attempts:
+                return exhausted.give_up(error)
+            delay = 0.0 if at_once else backoff_seconds(attempt, policy, rng)
+            return RetryAt(now + timedelta(seconds=delay), True, Outcome.RETRY_SCHEDULED)
+        case Wait(seconds, outcome, jitter):
+            wait = seconds(policy)
+            if jitter:
+                wait *= 1.0 + rng.uniform(0.0, jitter)
+            return RetryAt(now + timedelta(seconds=wait), False, outcome)
+        case HonourRetryAfter():
+            asked = error.retry_after if isinstance(error, RateLimited) else math.nan
+            wait = float(_clamp_retry_after(asked, policy))
+            return CoolDown(wait, now + timedelta(seconds=wait))
+        case PauseFor(reason):
+            return PauseFleet(reason, now)
+        case Stop() as stop:
+            return stop.give_up(error)
+
+
+def rule_for(error: FaxOutboxError) -> Rule:
+    """The row of `FAILURES` that `error` falls under."""
+    return next(rule for types, rule in FAILURES if isinstance(error, types))
+
+
+def attempts_exhausted(error: FaxOutboxError) -> GiveUp:
+    """How the table gives up on `error` once the attempts have run out.
+
+    For code that applies the table in bulk (the lease rescuer's one UPDATE); raises
+    `ValueError` for an error that never uses an attempt.
+    """
+    rule = rule_for(error)
+    if not isinstance(rule, Resend):
+        raise ValueError(f"{type(error).__name__} never uses an attempt")
+    return rule.exhausted.give_up(error)
 
 
 def backoff_seconds(attempt: int, policy: RetryPolicy, rng: random.Random) -> float:
@@ -123,51 +342,6 @@ def backoff_seconds(attempt: int, policy: RetryPolicy, rng: random.Random) -> fl
     # Past ~1000 doublings the float would overflow; the cap was reached long before.
     ceiling = min(policy.cap_seconds, policy.base_seconds * 2.0 ** min(attempt - 1, 1000))
     return rng.uniform(0.0, ceiling)
-
-
-def decide(
-    now: datetime,
-    attempts_made: int,
-    error: FaxOutboxError,
-    policy: RetryPolicy,
-    rng: random.Random,
-) -> RetryAt | GiveUp:
-    """What to do after a submission failed with `error`.
-
-    `attempts_made` counts the attempts consumed so far, the one that just failed included.
-    Network errors and 5xx retry with full-jitter backoff until `policy.max_attempts` attempts
-    were made. A 429 waits its `retry_after` and an in-progress 409 waits briefly; neither
-    consumes an attempt. Every other error gives up at once, with the error's kind as reason.
-    """
-    _require_aware(now)
-    if attempts_made < 0:
-        raise ValueError(f"attempts_made must be >= 0, got {attempts_made}")
-
-    if isinstance(error, RateLimited):
-        wait = _clamp_retry_after(error.retry_after, policy)
-        return RetryAt(now + timedelta(seconds=wait), consumes_attempt=False, reason="rate_limited")
-
-    if isinstance(error, IdempotencyInProgress):
-        wait = policy.in_progress_wait_seconds * (1.0 + rng.uniform(0.0, _IN_PROGRESS_JITTER))
-        return RetryAt(now + timedelta(seconds=wait), consumes_attempt=False, reason="in_progress")
-
-    if isinstance(error, TransportError | ServerError):
-        if attempts_made >= policy.max_attempts:
-            return GiveUp(RETRIES_EXHAUSTED)
-        # attempts_made is 0 only if the caller did not count the failure; back off as after one.
-        delay = backoff_seconds(max(attempts_made, 1), policy, rng)
-        reason = "transport_error" if isinstance(error, TransportError) else "server_error"
-        return RetryAt(now + timedelta(seconds=delay), consumes_attempt=True, reason=reason)
-
-    return GiveUp(error_kind(error))
-
-
-def error_kind(error: FaxOutboxError) -> str:
-    """The snake_case name a `GiveUp` uses for `error` (`RequestRejected` -> `"rejected"`)."""
-    for cls, kind in _GIVE_UP_REASONS:
-        if isinstance(error, cls):
-            return kind
-    return re.sub(r"(?<!^)(?=[A-Z])", "_", type(error).__name__).lower()
 
 
 def parse_retry_after(value: str | None, now: datetime, policy: RetryPolicy) -> float:

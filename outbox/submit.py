@@ -3,9 +3,11 @@
     claim (lease) -> check row and key -> pause? -> throttle token -> POST /fax -> record outcome
 
 Every outcome is written in one transaction guarded by the lease: the row's new state, the
-attempt log entry, and any pause episode or alert it causes. What happens next is data on the
-row (`next_attempt_at`), never a Celery countdown (invariant 4). The idempotency key is the
-row's, on every attempt (invariant 2), so a resend after a lost response is a replay.
+attempt log entry, and any pause episode or alert it causes. What a failure means (retry, wait,
+pause the fleet, give up) is `outbox.retry.decide`'s answer; `plan_failure` only writes it
+down. What happens next is data on the row (`next_attempt_at`), never a Celery countdown
+(invariant 4). The idempotency key is the row's, on every attempt (invariant 2), so a resend
+after a lost response is a replay.
 """
 
 from __future__ import annotations
@@ -13,8 +15,8 @@ from __future__ import annotations
 import logging
 import random
 import time
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -22,25 +24,21 @@ from pydantic import SecretStr
 from sqlalchemy import Connection, Engine
 
 from outbox import repository
-from outbox.alerts import Alert, Alerter
+from outbox.alerts import Alert, Alerter, give_up_alert
 from outbox.clock import Clock
 from outbox.errors import (
-    AuthenticationFailed,
+    ApiKeyMismatch,
     ConfigurationError,
     FaxOutboxError,
     FleetStateUnavailable,
-    IdempotencyInProgress,
-    IdempotencyKeyReuse,
-    InsufficientBalance,
-    MintfaxError,
-    RateLimited,
-    RequestRejected,
+    IdempotencyWindowClosed,
+    ValidationFailed,
 )
-from outbox.models import FaxStatus, Outcome, PauseReason
+from outbox.models import TERMINAL_STATUSES, FaxStatus, Outcome, PauseReason
 from outbox.pause import PauseMirror, pause_in_transaction
 from outbox.redaction import mask_number
 from outbox.repository import ClaimedFax
-from outbox.retry import GiveUp, RetryPolicy, decide
+from outbox.retry import CoolDown, Decision, GiveUp, PauseFleet, RetryAt, RetryPolicy, decide
 from outbox.settings import Environment
 from outbox.throttle import ThrottleDecision
 from outbox.validation import check_document, check_number, check_retries
@@ -56,7 +54,6 @@ log = logging.getLogger("faxout.submit")
 # an unknown outcome could create a second fax, so such rows are parked for a human instead.
 IDEMPOTENCY_WINDOW = timedelta(hours=24)
 IDEMPOTENCY_SAFETY_MARGIN = timedelta(minutes=30)
-REDIS_OUTAGE_DELAY = timedelta(seconds=5)
 
 
 class FaxSender(Protocol):
@@ -145,16 +142,20 @@ def _submit(ctx: SubmitContext, conn: Connection, fax_id: int) -> Outcome:
     if claimed is None:
         return Outcome.NOT_CLAIMED
 
-    plan = _precheck(ctx, claimed, now)
-    if plan is not None:
-        return _apply(ctx, conn, claimed, plan, started=now, duration_ms=0)
+    refusal = _refusal(ctx, claimed, now)
+    if refusal is not None:
+        return _fail(ctx, conn, claimed, refusal, started=now, duration_ms=0)
 
     try:
         held = _wait_for_turn(ctx, conn, claimed, now)
     except FleetStateUnavailable as exc:
-        # Without the throttle nobody may call mintfax: give the row back for a little while.
-        log.warning("fax %s: throttle unavailable (%s); retrying soon", claimed.id, exc)
-        return _release(ctx, conn, claimed, now + REDIS_OUTAGE_DELAY, Outcome.THROTTLED)
+        # Nobody may call mintfax without the throttle. Nothing was attempted, so the row is
+        # given back (for as long as the table says) without an attempt in the log.
+        log.warning("fax %s: %s; retrying soon", claimed.id, exc)
+        decision = decide(now, claimed.attempts, exc, ctx.policy, ctx.rng)
+        if isinstance(decision, RetryAt):
+            return _release(ctx, conn, claimed, decision.at, decision.outcome)
+        return _apply(ctx, conn, claimed, plan_failure(claimed, exc, decision, now), now, 0)
     if held is not None:
         return held
 
@@ -168,13 +169,28 @@ def _submit(ctx: SubmitContext, conn: Connection, fax_id: int) -> Outcome:
             retries=claimed.retries,
             webhook_url=ctx.webhook_url,
         )
-    except MintfaxError as exc:
-        plan = plan_failure(claimed, exc, ctx.clock.now(), ctx.policy, ctx.rng)
-        plan = replace(plan, http_status=exc.status_code, request_id=exc.request_id)
-    else:
-        plan = plan_success(claimed, result, ctx.clock.now())
+    except FaxOutboxError as exc:
+        duration_ms = max(0, int((ctx.monotonic() - t0) * 1000))
+        return _fail(ctx, conn, claimed, exc, started=started, duration_ms=duration_ms)
+    plan = plan_success(claimed, result, ctx.clock.now())
     duration_ms = max(0, int((ctx.monotonic() - t0) * 1000))
-    return _apply(ctx, conn, claimed, plan, started=started, duration_ms=duration_ms)
+    return _apply(ctx, conn, claimed, plan, started, duration_ms)
+
+
+def _fail(
+    ctx: SubmitContext,
+    conn: Connection,
+    claimed: ClaimedFax,
+    error: FaxOutboxError,
+    *,
+    started: datetime,
+    duration_ms: int,
+) -> Outcome:
+    now = ctx.clock.now()
+    decision = decide(now, claimed.attempts, error, ctx.policy, ctx.rng)
+    return _apply(
+        ctx, conn, claimed, plan_failure(claimed, error, decision, now), started, duration_ms
+    )
 
 
 def _wait_for_turn(
@@ -214,164 +230,72 @@ def plan_success(claimed: ClaimedFax, result: SubmitResult, now: datetime) -> _P
 
 
 def plan_failure(
-    claimed: ClaimedFax,
-    error: FaxOutboxError,
-    now: datetime,
-    policy: RetryPolicy,
-    rng: random.Random,
+    claimed: ClaimedFax, error: FaxOutboxError, decision: Decision, now: datetime
 ) -> _Plan:
-    """Decide what an error means for the row, the fleet and the operators (pure)."""
-    envelope = error.envelope() if isinstance(error, MintfaxError) else {"message": str(error)}
-    fax = f"fax {claimed.id}"
-    if isinstance(error, InsufficientBalance | AuthenticationFailed):
-        reason = (
-            PauseReason.INSUFFICIENT_BALANCE
-            if isinstance(error, InsufficientBalance)
-            else PauseReason.AUTHENTICATION_FAILED
-        )
-        return _Plan(
-            outcome=Outcome.PAUSED,
-            values=_pending(now, envelope),
-            pause=reason,
-        )
-    if isinstance(error, IdempotencyKeyReuse):
-        return _Plan(
-            outcome=Outcome.NEEDS_REVIEW,
-            values={
-                "status": FaxStatus.NEEDS_REVIEW,
-                "status_reason": "idempotency_key_reuse",
-                "attempts": claimed.attempts + 1,
-                "last_error": envelope,
-            },
-            alert=Alert(
-                kind="needs_review",
-                dedupe_key=f"needs_review:fax:{claimed.id}",
-                message=f"{fax}: mintfax says its idempotency key was used for another request",
-                detail={"error": envelope},
-                fax_id=claimed.id,
-            ),
-        )
-    if isinstance(error, RequestRejected):
-        return _Plan(
-            outcome=Outcome.REJECTED,
-            values={
-                "status": FaxStatus.REJECTED,
-                "status_reason": error.error or "rejected",
-                "attempts": claimed.attempts + 1,
-                "last_error": envelope,
-                "completed_at": now,
-            },
-        )
-    decision = decide(
-        now,
-        claimed.attempts
-        + (
-            1
-            if error.retryable and not isinstance(error, RateLimited | IdempotencyInProgress)
-            else 0
-        ),
-        error,
-        policy,
-        rng,
-    )
-    if isinstance(decision, GiveUp):
-        return _Plan(
-            outcome=Outcome.FAILED,
-            values={
-                "status": FaxStatus.FAILED,
-                "status_reason": decision.reason,
-                "attempts": claimed.attempts + 1,
-                "last_error": envelope,
-                "completed_at": now,
-            },
-            alert=Alert(
-                kind="fax_failed",
-                dedupe_key=f"fax_failed:fax:{claimed.id}",
-                message=f"{fax}: gave up before mintfax accepted it ({decision.reason})",
-                detail={"reason": decision.reason, "error": envelope},
-                fax_id=claimed.id,
-            ),
-        )
-    values = _pending(decision.at, envelope)
+    """The row values, attempt-log entry and side effects of `decide`'s answer (pure).
+
+    What the error means was decided by `outbox.retry.decide`; this only writes it down.
+    """
+    envelope = error.envelope()
+    values: dict[str, Any] = {"last_error": envelope}
     if decision.consumes_attempt:
         values["attempts"] = claimed.attempts + 1
-    if isinstance(error, RateLimited):
-        outcome, cooldown = Outcome.RATE_LIMITED, (decision.at - now).total_seconds()
-    elif isinstance(error, IdempotencyInProgress):
-        outcome, cooldown = Outcome.IN_PROGRESS, None
-    else:
-        outcome, cooldown = Outcome.RETRY_SCHEDULED, None
-    return _Plan(outcome=outcome, values=values, cooldown=cooldown)
+    alert = None
+    if isinstance(decision, GiveUp):
+        values |= {"status": decision.status, "status_reason": decision.reason}
+        if decision.status in TERMINAL_STATUSES:
+            values["completed_at"] = now
+        if decision.alert:
+            alert = give_up_alert(claimed.id, decision, str(error), envelope)
+    else:  # the row waits in `pending`
+        values |= {"status": FaxStatus.PENDING, "next_attempt_at": decision.at}
+    return _Plan(
+        outcome=decision.outcome,
+        values=values,
+        alert=alert,
+        pause=decision.reason if isinstance(decision, PauseFleet) else None,
+        cooldown=decision.seconds if isinstance(decision, CoolDown) else None,
+        http_status=envelope.get("status_code"),
+        request_id=envelope.get("request_id"),
+    )
 
 
-def _pending(at: datetime, envelope: Mapping[str, Any] | None) -> dict[str, Any]:
-    return {"status": FaxStatus.PENDING, "next_attempt_at": at, "last_error": envelope}
-
-
-def _precheck(ctx: SubmitContext, claimed: ClaimedFax, now: datetime) -> _Plan | None:
-    """Refuse, without calling mintfax, what must not be sent."""
+def _refusal(ctx: SubmitContext, claimed: ClaimedFax, now: datetime) -> FaxOutboxError | None:
+    """Why this row must not be sent now, as the error that says so; None to send it."""
     if claimed.attempts > 0 and (
         now - claimed.first_attempt_at > IDEMPOTENCY_WINDOW - IDEMPOTENCY_SAFETY_MARGIN
     ):
-        return _Plan(
-            outcome=Outcome.NEEDS_REVIEW,
-            values={"status": FaxStatus.NEEDS_REVIEW, "status_reason": "idempotency_window"},
-            alert=Alert(
-                kind="needs_review",
-                dedupe_key=f"needs_review:fax:{claimed.id}",
-                message=(
-                    f"fax {claimed.id}: an earlier attempt has an unknown outcome and mintfax's "
-                    "24 h idempotency window has passed; check mintfax before resending"
-                ),
-                fax_id=claimed.id,
-                detail={"first_attempt_at": claimed.first_attempt_at.isoformat()},
-            ),
-        )
+        return IdempotencyWindowClosed(claimed.first_attempt_at)
     try:
         key_problem = api_key_problem(ctx.api_key(), ctx.environment)
     except ConfigurationError as exc:  # e.g. MINTFAX_API_KEY_FILE unreadable mid-rotation
-        return _Plan(
-            outcome=Outcome.PAUSED,
-            values=_pending(now, {"kind": "ConfigurationError", "message": str(exc)}),
-            pause=PauseReason.AUTHENTICATION_FAILED,
-        )
-    if key_problem:
-        return _Plan(
-            outcome=Outcome.PAUSED,
-            values=_pending(now, {"kind": "ApiKeyMismatch", "message": key_problem}),
-            pause=PauseReason.API_KEY_MISMATCH,
-        )
+        return exc
+    if key_problem is not None:
+        return key_problem
     _, errors = check_number(claimed.to_number, ctx.environment)
     _, doc_errors = check_document(claimed.document, claimed.filename)
     errors += doc_errors + check_retries(claimed.retries)
-    if not errors:
-        return None
-    return _Plan(
-        outcome=Outcome.REJECTED_LOCALLY,
-        values={
-            "status": FaxStatus.REJECTED,
-            "status_reason": "invalid_" + errors[0].field,
-            "last_error": {
-                "kind": "ValidationFailed",
-                "message": "; ".join(str(e) for e in errors),
-                "context": {"errors": {e.field: [e.reason] for e in errors}},
-            },
-            "completed_at": now,
-        },
-    )
+    return ValidationFailed(errors) if errors else None
 
 
-def api_key_problem(key: SecretStr, environment: Environment) -> str | None:
+def api_key_problem(key: SecretStr, environment: Environment) -> ApiKeyMismatch | None:
     """Why this key must not be used in `environment`, or None. Never includes the key."""
     value = key.get_secret_value()
     test = value.startswith(("fx_test_", "mfx_test_"))
     live = value.startswith(("fx_live_", "mfx_live_"))
     if environment == "production" and test:
-        return "FAXOUT_ENVIRONMENT=production refuses a sandbox (test) mintfax key"
+        return ApiKeyMismatch(
+            "MINTFAX_API_KEY",
+            "is a sandbox (test) key, which FAXOUT_ENVIRONMENT=production refuses",
+        )
     if environment == "sandbox" and live:
-        return "FAXOUT_ENVIRONMENT=sandbox refuses a live mintfax key"
+        return ApiKeyMismatch(
+            "MINTFAX_API_KEY", "is a live key, which FAXOUT_ENVIRONMENT=sandbox refuses"
+        )
     if not (test or live):
-        return "the mintfax API key has an unknown prefix (expected fx_test_ or fx_live_)"
+        return ApiKeyMismatch(
+            "MINTFAX_API_KEY", "has an unknown prefix (expected fx_test_ or fx_live_)"
+        )
     return None
 
 
@@ -394,7 +318,6 @@ def _apply(
     conn: Connection,
     claimed: ClaimedFax,
     plan: _Plan,
-    *,
     started: datetime,
     duration_ms: int,
 ) -> Outcome:

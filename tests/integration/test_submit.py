@@ -24,6 +24,7 @@ from outbox.alerts import Alerter
 from outbox.clock import FrozenClock
 from outbox.errors import (
     AuthenticationFailed,
+    ConfigurationError,
     IdempotencyInProgress,
     IdempotencyKeyReuse,
     InsufficientBalance,
@@ -445,7 +446,10 @@ def test_unreachable_redis_gives_the_row_back_without_sending(harness: Harness) 
     assert harness.submit(fax_id) is Outcome.THROTTLED
     row = harness.row(fax_id)
     assert row["status"] == "pending" and row["attempts"] == 0
+    wait = (row["next_attempt_at"] - harness.clock.now()).total_seconds()
+    assert wait == pytest.approx(harness.ctx.policy.fleet_state_wait_seconds)
     assert harness.sender.calls == []
+    assert harness.attempts(fax_id) == []  # nothing was attempted
 
 
 def test_unreadable_key_file_pauses_instead_of_failing_rows(
@@ -462,6 +466,18 @@ def test_unreadable_key_file_pauses_instead_of_failing_rows(
     [pause] = harness.fleet.open_pauses()
     assert pause.reason == "authentication_failed"
     assert harness.row(fax_id)["last_error"]["kind"] == "ConfigurationError"
+
+
+def test_a_key_the_client_cannot_send_pauses_the_fleet(harness: Harness) -> None:
+    """The client refuses a key it cannot put in a header: wrong for every fax, not this one."""
+    fax_id = harness.enqueue()
+    harness.sender.script = [ConfigurationError("MINTFAX_API_KEY", "holds a space")]
+    harness.dispatch()
+    assert harness.submit(fax_id) is Outcome.PAUSED
+    row = harness.row(fax_id)
+    assert row["status"] == "pending" and row["attempts"] == 0
+    [pause] = harness.fleet.open_pauses()
+    assert pause.reason == "authentication_failed"
 
 
 def test_autocommit_fast_path_records_the_same_outcomes(harness: Harness) -> None:

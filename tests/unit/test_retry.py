@@ -6,25 +6,21 @@ from datetime import UTC, datetime, timedelta, timezone
 import pytest
 
 from outbox.errors import (
-    AuthenticationFailed,
     FaxOutboxError,
-    FieldError,
     IdempotencyInProgress,
-    IdempotencyKeyReuse,
-    InsufficientBalance,
     RateLimited,
-    RequestRejected,
     ServerError,
     TransportError,
-    ValidationFailed,
 )
+from outbox.models import FaxStatus, Outcome
 from outbox.retry import (
+    CoolDown,
+    Decision,
     GiveUp,
     RetryAt,
     RetryPolicy,
     backoff_seconds,
     decide,
-    error_kind,
     parse_retry_after,
 )
 
@@ -79,56 +75,52 @@ def test_backoff_rejects_zero_based_attempts() -> None:
 
 
 def test_same_seed_same_schedule() -> None:
-    def schedule(seed: int) -> list[RetryAt | GiveUp]:
+    def schedule(seed: int) -> list[Decision]:
         rng = random.Random(seed)
-        return [decide(NOW, n, ServerError("boom"), POLICY, rng) for n in range(1, 6)]
+        return [decide(NOW, n, ServerError("boom"), POLICY, rng) for n in range(5)]
 
     assert schedule(7) == schedule(7)
     assert schedule(7) != schedule(8)
 
 
-@pytest.mark.parametrize(
-    ("error", "reason"),
-    [(TransportError("reset"), "transport_error"), (ServerError("503"), "server_error")],
-)
-def test_retryable_errors_back_off_and_consume_an_attempt(
-    error: FaxOutboxError, reason: str
-) -> None:
+@pytest.mark.parametrize("error", [TransportError("reset"), ServerError("503")])
+def test_unknown_outcomes_back_off_and_consume_an_attempt(error: FaxOutboxError) -> None:
     rng = random.Random(3)
-    for attempts_made in range(1, POLICY.max_attempts):
+    for attempts_made in range(POLICY.max_attempts - 1):
         decision = decide(NOW, attempts_made, error, POLICY, rng)
         assert isinstance(decision, RetryAt)
         assert decision.consumes_attempt is True
-        assert decision.reason == reason
-        ceiling = min(POLICY.cap_seconds, POLICY.base_seconds * 2 ** (attempts_made - 1))
+        assert decision.outcome is Outcome.RETRY_SCHEDULED
+        # The attempt that failed is number attempts_made + 1.
+        ceiling = min(POLICY.cap_seconds, POLICY.base_seconds * 2**attempts_made)
         assert NOW <= decision.at <= NOW + timedelta(seconds=ceiling)
 
 
 def test_fifth_failure_gives_up_with_retries_exhausted() -> None:
     rng = random.Random(0)
-    decisions = [decide(NOW, n, ServerError("500"), POLICY, rng) for n in range(1, 7)]
+    decisions = [decide(NOW, n, ServerError("500"), POLICY, rng) for n in range(6)]
     assert [type(d) for d in decisions[:4]] == [RetryAt] * 4
-    assert decisions[4] == GiveUp("retries_exhausted")
-    assert decisions[5] == GiveUp("retries_exhausted")
+    exhausted = GiveUp(FaxStatus.FAILED, "retries_exhausted", True, True, Outcome.FAILED)
+    assert decisions[4] == decisions[5] == exhausted
 
 
 def test_attempt_limit_follows_the_policy() -> None:
     policy = RetryPolicy(max_attempts=2)
     rng = random.Random(0)
-    assert isinstance(decide(NOW, 1, TransportError("x"), policy, rng), RetryAt)
-    assert decide(NOW, 2, TransportError("x"), policy, rng) == GiveUp("retries_exhausted")
+    assert isinstance(decide(NOW, 0, TransportError("x"), policy, rng), RetryAt)
+    assert isinstance(decide(NOW, 1, TransportError("x"), policy, rng), GiveUp)
 
 
-def test_rate_limited_waits_retry_after_without_consuming_an_attempt() -> None:
+def test_rate_limited_cools_the_fleet_down_for_retry_after() -> None:
     decision = decide(NOW, 1, RateLimited("slow down", retry_after=34), POLICY, random.Random(0))
-    assert decision == RetryAt(NOW + timedelta(seconds=34), False, "rate_limited")
+    assert decision == CoolDown(34.0, NOW + timedelta(seconds=34))
+    assert decision.consumes_attempt is False
 
 
 def test_rate_limited_never_gives_up_on_attempts() -> None:
     # Even with every attempt used, a 429 is a wait, not a failure of the fax.
     decision = decide(NOW, 99, RateLimited("x", retry_after=5), POLICY, random.Random(0))
-    assert isinstance(decision, RetryAt)
-    assert decision.consumes_attempt is False
+    assert isinstance(decision, CoolDown)
 
 
 @pytest.mark.parametrize(
@@ -138,8 +130,7 @@ def test_rate_limited_never_gives_up_on_attempts() -> None:
 def test_rate_limited_wait_is_clamped(retry_after: float, expected: float) -> None:
     error = RateLimited("x", retry_after=retry_after)
     decision = decide(NOW, 1, error, POLICY, random.Random(0))
-    assert isinstance(decision, RetryAt)
-    assert decision.at == NOW + timedelta(seconds=expected)
+    assert decision == CoolDown(expected, NOW + timedelta(seconds=expected))
 
 
 def test_in_progress_waits_briefly_with_jitter_without_consuming_an_attempt() -> None:
@@ -149,28 +140,16 @@ def test_in_progress_waits_briefly_with_jitter_without_consuming_an_attempt() ->
         decision = decide(NOW, 3, IdempotencyInProgress("busy"), POLICY, rng)
         assert isinstance(decision, RetryAt)
         assert decision.consumes_attempt is False
-        assert decision.reason == "in_progress"
+        assert decision.outcome is Outcome.IN_PROGRESS
         wait = (decision.at - NOW).total_seconds()
         assert 2.0 <= wait <= 3.0
         waits.add(wait)
     assert len(waits) > 1  # jittered, so colliding workers do not collide again
 
 
-@pytest.mark.parametrize(
-    ("error", "reason"),
-    [
-        (RequestRejected("bad", status_code=422), "rejected"),
-        (InsufficientBalance("top up", status_code=402), "insufficient_balance"),
-        (AuthenticationFailed("no", status_code=401), "authentication_failed"),
-        (IdempotencyKeyReuse("reuse", status_code=409), "idempotency_key_reuse"),
-        (ValidationFailed([FieldError("to", "bad")]), "validation_failed"),
-    ],
-)
-def test_non_retryable_errors_give_up_at_once_with_their_kind(
-    error: FaxOutboxError, reason: str
-) -> None:
-    assert decide(NOW, 1, error, POLICY, random.Random(0)) == GiveUp(reason)
-    assert error_kind(error) == reason
+def test_decide_refuses_a_negative_attempt_count() -> None:
+    with pytest.raises(ValueError, match="attempts_made"):
+        decide(NOW, -1, ServerError("x"), POLICY, random.Random(0))
 
 
 def test_decide_requires_an_aware_now() -> None:
@@ -181,7 +160,7 @@ def test_decide_requires_an_aware_now() -> None:
 def test_decide_keeps_the_callers_timezone_instant() -> None:
     paris = NOW.astimezone(timezone(timedelta(hours=1)))
     decision = decide(paris, 1, RateLimited("x", retry_after=10), POLICY, random.Random(0))
-    assert isinstance(decision, RetryAt)
+    assert isinstance(decision, CoolDown)
     assert decision.at == NOW + timedelta(seconds=10)
 
 
@@ -248,6 +227,7 @@ def test_parse_retry_after_follows_the_policy_knobs() -> None:
         {"cap_seconds": 0.5},
         {"max_attempts": 0},
         {"in_progress_wait_seconds": 0},
+        {"fleet_state_wait_seconds": 0},
         {"min_retry_after_seconds": 0},
         {"default_retry_after_seconds": 7200},
     ],
