@@ -20,18 +20,16 @@ from sqlalchemy.orm import Session
 from outbox import repository
 from outbox.db import as_connection
 from outbox.errors import (
-    ConfigurationError,
     FaxOutboxError,
     FieldError,
     IdempotencyConflict,
     ValidationFailed,
 )
 from outbox.keys import derive_idempotency_key, document_sha256
-from outbox.settings import Environment
+from outbox.settings import Environment, environment_from_env
 from outbox.validation import ValidIntent, validate_intent
 
 MAX_METADATA_BYTES = 64 * 1024
-_ENVIRONMENTS: tuple[Environment, ...] = ("sandbox", "production")
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,7 +72,8 @@ def enqueue_fax(
     The idempotency key defaults to the deterministic key of (recipient, document, reference),
     so retrying the caller's own transaction can never create a second fax. Raises
     `ValidationFailed` listing every bad field, and `IdempotencyConflict` when an explicit key
-    already names a different fax; in both cases nothing is written.
+    already names a different fax; in both cases nothing is written. `environment` (which
+    numbers are allowed) defaults to `FAXOUT_ENVIRONMENT`: production refuses test numbers.
     """
     intent = FaxIntent(
         to=to,
@@ -100,7 +99,7 @@ def enqueue_faxes(
     with every problem listed by index. Duplicates (within the batch or already stored) return
     the existing row with `created=False`.
     """
-    env = environment or _environment_from_env()
+    env = environment or environment_from_env()
     prepared = _prepare_all(list(intents), env)
     conn = as_connection(conn_or_session)
     if not prepared:
@@ -272,11 +271,3 @@ def _check_metadata(metadata: Mapping[str, Any] | None) -> tuple[dict[str, Any],
     if len(encoded) > MAX_METADATA_BYTES:
         return {}, [FieldError("metadata", "is larger than 64 KB as JSON")]
     return dict(metadata), []
-
-
-def _environment_from_env() -> Environment:
-    value = os.environ.get("FAXOUT_ENVIRONMENT") or "sandbox"
-    for env in _ENVIRONMENTS:
-        if value == env:
-            return env
-    raise ConfigurationError("FAXOUT_ENVIRONMENT", "must be 'sandbox' or 'production'")

@@ -186,6 +186,18 @@ class Settings(BaseSettings):
         return self.mintfax_api_key
 
 
+def environment_from_env(environ: Mapping[str, str] | None = None) -> Environment:
+    """`FAXOUT_ENVIRONMENT` alone, validated as `Settings` validates it (default `sandbox`).
+
+    For applications that enqueue without building `Settings` (`outbox.enqueue_fax`): no other
+    variable is read, so an application's unrelated (or the workers' invalid) settings never
+    stand in the way of writing a fax.
+    """
+    source = os.environ if environ is None else environ
+    name = "FAXOUT_ENVIRONMENT"
+    return Settings.from_env({name: source[name]} if name in source else {}).environment
+
+
 @functools.lru_cache(maxsize=4)
 def _read_key_file(path: Path, mtime_ns: int, size: int, inode: int) -> str:
     # Keyed by what the file is now: a replaced or rewritten file is a new cache entry.

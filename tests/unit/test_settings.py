@@ -8,6 +8,7 @@ from outbox.errors import ConfigurationError
 from outbox.settings import (
     DEFAULT_MINTFAX_BASE_URL,
     Settings,
+    environment_from_env,
     libpq_url,
     mask_url_password,
     sqlalchemy_url,
@@ -192,3 +193,32 @@ def test_non_postgres_urls_are_refused_without_echoing_them(url: str) -> None:
 )
 def test_mask_url_password(url: str, masked: str) -> None:
     assert mask_url_password(url) == masked
+
+
+@pytest.mark.parametrize(
+    ("environ", "expected"),
+    [
+        ({}, "sandbox"),
+        ({"FAXOUT_ENVIRONMENT": ""}, "sandbox"),
+        ({"FAXOUT_ENVIRONMENT": "sandbox"}, "sandbox"),
+        ({"FAXOUT_ENVIRONMENT": "production"}, "production"),
+        # An application's (or the workers') other variables never stop an enqueue.
+        ({"FAXOUT_ENVIRONMENT": "production", "FAXOUT_LEASE_SECONDS": "zero"}, "production"),
+    ],
+)
+def test_the_enqueue_helper_reads_only_the_environment_name(
+    environ: dict[str, str], expected: str
+) -> None:
+    assert environment_from_env(environ) == expected
+
+
+def test_an_unknown_environment_name_is_refused_by_name() -> None:
+    with pytest.raises(ConfigurationError, match="FAXOUT_ENVIRONMENT"):
+        environment_from_env({"FAXOUT_ENVIRONMENT": "staging"})
+
+
+def test_the_environment_name_comes_from_the_process_by_default(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("FAXOUT_ENVIRONMENT", "production")
+    assert environment_from_env() == "production"
