@@ -60,6 +60,9 @@ def give_up_alert(fax_id: int, decision: GiveUp, why: str, error: Mapping[str, A
 class Alerter:
     """Records alerts in the database and delivers them to the log and the alert webhook."""
 
+    # Seconds between two `deliver_pending` runs (beat): the retry delay of a failed POST.
+    retry_interval = 60.0
+
     def __init__(
         self,
         clock: Clock,

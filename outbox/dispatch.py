@@ -21,9 +21,11 @@ from sqlalchemy import Engine
 
 from outbox import repository
 from outbox.clock import Clock
+from outbox.settings import DEFAULT_REDISPATCH_SECONDS
 
-# A dispatched row whose message was lost becomes due again after this long.
-REDISPATCH_AFTER_SECONDS = 20.0
+# The most row ids one message carries (bench/drain.py: 10 -> 25 took CPU per fax 1.77x ->
+# 1.64x of a bare loop); a rate-limited fleet carries fewer, see `ids_per_message_for`.
+MAX_IDS_PER_MESSAGE = 25
 
 
 @dataclass
@@ -43,10 +45,9 @@ class Dispatcher:
     # Rows per dispatch transaction; a full batch splits into ids_per_message-sized messages.
     batch_size: int = 200
     max_queued: int = 40  # messages
-    redispatch_after: float = REDISPATCH_AFTER_SECONDS
-    # Up to this many ids per message (bench/drain.py: 10 -> 25 took CPU per fax 1.77x -> 1.64x
-    # of a bare loop). See `ids_per_message_for` for a rate-limited fleet.
-    ids_per_message: int = 25
+    # A dispatched row whose message was lost becomes due again after this long (seconds).
+    redispatch_after: float = DEFAULT_REDISPATCH_SECONDS
+    ids_per_message: int = MAX_IDS_PER_MESSAGE
     # A dispatch of few rows is split over at least this many messages (one row each at most).
     spread: int = 8
 
@@ -106,7 +107,7 @@ class Dispatcher:
         return max(0.0, min(ceiling, (earliest - self.clock.now()).total_seconds()))
 
 
-def ids_per_message_for(rate_limit_per_minute: int, ceiling: int = 25) -> int:
+def ids_per_message_for(rate_limit_per_minute: int, ceiling: int = MAX_IDS_PER_MESSAGE) -> int:
     """Ids per message for a fleet limited to `rate_limit_per_minute`.
 
     A message's rows are sent one after the other, each waiting for the fleet's throttle, so

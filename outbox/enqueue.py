@@ -26,6 +26,7 @@ from outbox.errors import (
     ValidationFailed,
 )
 from outbox.keys import derive_idempotency_key, document_sha256
+from outbox.models import DEFAULT_RETRIES
 from outbox.settings import Environment, environment_from_env
 from outbox.validation import ValidIntent, validate_intent
 
@@ -49,7 +50,7 @@ class FaxIntent:
     document: bytes | str | os.PathLike[str]
     reference: str
     filename: str | None = None
-    retries: int = 3
+    retries: int = DEFAULT_RETRIES
     metadata: Mapping[str, Any] | None = None
     idempotency_key: str | None = None
 
@@ -61,7 +62,7 @@ def enqueue_fax(
     document: bytes | str | os.PathLike[str],
     reference: str,
     filename: str | None = None,
-    retries: int = 3,
+    retries: int = DEFAULT_RETRIES,
     metadata: Mapping[str, Any] | None = None,
     idempotency_key: str | None = None,
     environment: Environment | None = None,

@@ -81,6 +81,9 @@ ATTEMPT_OUTCOMES = tuple(
 
 NOTIFY_CHANNEL = "fax_outbox_new"
 
+# mintfax's carrier retries of a fax when the caller names none (the column's default).
+DEFAULT_RETRIES = 3
+
 metadata = MetaData(
     naming_convention={
         "ix": "%(table_name)s_%(column_0_N_name)s_idx",
@@ -111,7 +114,7 @@ fax_outbox = Table(
     Column("document_sha256", Text, nullable=False),
     Column("filename", Text, nullable=False),
     Column("reference", Text, nullable=False),
-    Column("retries", SmallInteger, nullable=False, server_default=text("3")),
+    Column("retries", SmallInteger, nullable=False, server_default=text(str(DEFAULT_RETRIES))),
     Column("metadata", JSONB, nullable=False, server_default=text("'{}'::jsonb")),
     Column("status", fax_status_enum, nullable=False, server_default=text("'pending'")),
     Column("status_reason", Text),

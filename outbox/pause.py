@@ -22,7 +22,7 @@ from outbox.alerts import Alert, Alerter
 from outbox.clock import Clock
 from outbox.models import NOTIFY_CHANNEL, PauseReason
 from outbox.repository import Pause
-from outbox.throttle import FleetThrottle, fleet_state_unavailable
+from outbox.throttle import DEFAULT_KEY_PREFIX, FleetThrottle, fleet_state_unavailable
 
 _MESSAGES = {
     PauseReason.INSUFFICIENT_BALANCE: (
@@ -44,7 +44,7 @@ _MESSAGES = {
 class PauseMirror:
     """The Redis copy of the open pauses, read on every submission."""
 
-    def __init__(self, client: redis.Redis, key_prefix: str = "faxout") -> None:
+    def __init__(self, client: redis.Redis, key_prefix: str = DEFAULT_KEY_PREFIX) -> None:
         self._redis = client
         # In the throttle's hash slot: the throttle script reads it as its gate.
         self.key = f"{FleetThrottle.hash_tag(key_prefix)}:paused"
@@ -103,6 +103,9 @@ def pause_in_transaction(
 
 class FleetControl:
     """Pause and resume the fleet: Postgres first, then the Redis mirror, then the alert."""
+
+    # Seconds between two `sync_mirror` runs (beat): how long a flushed mirror stays empty.
+    sync_interval = 5.0
 
     def __init__(self, engine: Engine, mirror: PauseMirror, alerter: Alerter, clock: Clock) -> None:
         self._engine = engine

@@ -58,6 +58,7 @@ from outbox.errors import (
     ValidationFailed,
 )
 from outbox.models import FaxStatus, Outcome, PauseReason
+from outbox.settings import DEFAULT_MAX_SUBMIT_ATTEMPTS
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,7 +68,7 @@ class RetryPolicy:
     base_seconds: float = 1.0
     cap_seconds: float = 30.0
     # Attempts in all (the first one included) that reached or tried to reach mintfax.
-    max_attempts: int = 5
+    max_attempts: int = DEFAULT_MAX_SUBMIT_ATTEMPTS
     # 409 idempotency_key_in_progress: the first request is still running; look again soon.
     in_progress_wait_seconds: float = 2.0
     # Redis (throttle, pause mirror) unreachable: nobody may send; look again in this long.

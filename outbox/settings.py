@@ -26,6 +26,11 @@ from pydantic_settings import (
 from outbox.errors import ConfigurationError
 
 DEFAULT_MINTFAX_BASE_URL = "https://api.mintfax.com/v1"
+# The defaults of the knobs below that library code also uses as its own defaults (a
+# `SubmitContext`, `RetryPolicy` or `Dispatcher` built without settings, as tests do).
+DEFAULT_LEASE_SECONDS = 120
+DEFAULT_MAX_SUBMIT_ATTEMPTS = 5
+DEFAULT_REDISPATCH_SECONDS = 20.0
 
 Environment = Literal["sandbox", "production"]
 
@@ -72,17 +77,25 @@ class Settings(BaseSettings):
         default=60, ge=1, le=100_000, validation_alias="FAXOUT_RATE_LIMIT_PER_MINUTE"
     )
     alert_webhook_url: str | None = Field(default=None, validation_alias="FAXOUT_ALERT_WEBHOOK_URL")
-    lease_seconds: int = Field(default=120, ge=5, le=3600, validation_alias="FAXOUT_LEASE_SECONDS")
+    lease_seconds: int = Field(
+        default=DEFAULT_LEASE_SECONDS, ge=5, le=3600, validation_alias="FAXOUT_LEASE_SECONDS"
+    )
     http_timeout_seconds: float = Field(
         default=30.0, gt=0, le=300, validation_alias="FAXOUT_HTTP_TIMEOUT_SECONDS"
     )
     max_submit_attempts: int = Field(
-        default=5, ge=1, le=20, validation_alias="FAXOUT_MAX_SUBMIT_ATTEMPTS"
+        default=DEFAULT_MAX_SUBMIT_ATTEMPTS,
+        ge=1,
+        le=20,
+        validation_alias="FAXOUT_MAX_SUBMIT_ATTEMPTS",
     )
     # A dispatched row not claimed within this long (its message was lost, e.g. Redis was
     # flushed) is published again; a duplicate message costs one no-op claim.
     redispatch_seconds: float = Field(
-        default=20.0, ge=1, le=3600, validation_alias="FAXOUT_REDISPATCH_SECONDS"
+        default=DEFAULT_REDISPATCH_SECONDS,
+        ge=1,
+        le=3600,
+        validation_alias="FAXOUT_REDISPATCH_SECONDS",
     )
     # Celery task events, which Flower shows (tests/acceptance: Flower's own `enable_events`
     # did not bring them back in time). Each is a Redis PUBLISH per message on the hot path.

@@ -39,7 +39,7 @@ from outbox.pause import PauseMirror, pause_in_transaction
 from outbox.redaction import mask_number
 from outbox.repository import ClaimedFax
 from outbox.retry import CoolDown, Decision, GiveUp, PauseFleet, RetryAt, RetryPolicy, decide
-from outbox.settings import Environment
+from outbox.settings import DEFAULT_LEASE_SECONDS, Environment
 from outbox.throttle import ThrottleDecision
 from outbox.validation import check_document, check_number, check_retries
 
@@ -93,7 +93,7 @@ class SubmitContext:
     api_key: Callable[[], SecretStr]
     environment: Environment
     worker_id: str
-    lease_seconds: float = 120.0
+    lease_seconds: float = DEFAULT_LEASE_SECONDS
     policy: RetryPolicy = field(default_factory=RetryPolicy)
     max_inline_wait: float = 1.0
     webhook_url: str | None = None

@@ -54,6 +54,8 @@ import redis
 from outbox.errors import FleetStateUnavailable
 
 WINDOW_SECONDS = 60.0
+# The namespace of the fleet's Redis keys (throttle and pause mirror); one per fleet.
+DEFAULT_KEY_PREFIX = "faxout"
 DEFAULT_MARGIN_SECONDS = 1.0
 DEFAULT_SLACK_SECONDS = 0.05
 # A cooldown longer than a day is a mistake (Retry-After is already clamped to an hour).
@@ -169,7 +171,7 @@ class FleetThrottle:
         limit_per_minute: int,
         *,
         burst: int = 1,
-        key_prefix: str = "faxout",
+        key_prefix: str = DEFAULT_KEY_PREFIX,
         margin_seconds: float = DEFAULT_MARGIN_SECONDS,
         slack_seconds: float = DEFAULT_SLACK_SECONDS,
         time_source: Callable[[], float] | None = None,
@@ -215,7 +217,7 @@ class FleetThrottle:
         return self._interval_us / _US
 
     @staticmethod
-    def hash_tag(key_prefix: str = "faxout") -> str:
+    def hash_tag(key_prefix: str = DEFAULT_KEY_PREFIX) -> str:
         """The Redis Cluster hash tag of a throttle's keys; a gate key must carry it too."""
         return f"{{{key_prefix}:throttle}}"
 

@@ -18,6 +18,9 @@ from typing import Any
 
 from celery import Celery, signals
 
+from outbox.alerts import Alerter
+from outbox.pause import FleetControl
+from outbox.rescuer import LeaseRescuer
 from outbox.settings import Settings
 from workers.runtime import Runtime
 
@@ -67,17 +70,17 @@ def configure(settings: Settings) -> None:
         beat_schedule={
             "rescue-expired-leases": {
                 "task": "faxout.rescue_expired_leases",
-                "schedule": 5.0,
+                "schedule": LeaseRescuer.interval,
                 "options": {"queue": QUEUE, "expires": 30},
             },
             "sync-pause-mirror": {
                 "task": "faxout.sync_pause_mirror",
-                "schedule": 5.0,
+                "schedule": FleetControl.sync_interval,
                 "options": {"queue": QUEUE, "expires": 30},
             },
             "deliver-pending-alerts": {
                 "task": "faxout.deliver_pending_alerts",
-                "schedule": 60.0,
+                "schedule": Alerter.retry_interval,
                 "options": {"queue": QUEUE, "expires": 120},
             },
         },

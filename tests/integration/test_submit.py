@@ -428,6 +428,21 @@ def test_rescuer_returns_expired_leases_and_parks_exhausted_ones(harness: Harnes
     assert harness.submit(young) is Outcome.SUBMITTED
 
 
+def test_rescuer_drains_every_expired_lease_batch_after_batch(harness: Harness) -> None:
+    rescuer = LeaseRescuer(harness.engine, harness.ctx.alerter, harness.clock, max_attempts=5)
+    rescuer.batch_size = 2
+    ids = [harness.enqueue(ref=f"r{n}") for n in range(5)]
+    harness.dispatch()
+    with harness.engine.begin() as conn:
+        for fax_id in ids:
+            repository.claim_for_submit(
+                conn, fax_id, owner="dead-worker", now=harness.clock.now(), lease_seconds=30
+            )
+    harness.clock.advance(31)
+    assert rescuer.run_once() == 5  # batches of 2, 2 and 1 in one pass
+    assert {harness.row(fax_id)["status"] for fax_id in ids} == {"pending"}
+
+
 def test_lost_message_is_redispatched(harness: Harness) -> None:
     fax_id = harness.enqueue()
     assert harness.dispatch() == [fax_id]

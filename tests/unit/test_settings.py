@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from outbox.dispatch import Dispatcher
 from outbox.errors import ConfigurationError
+from outbox.retry import RetryPolicy
 from outbox.settings import (
     DEFAULT_MINTFAX_BASE_URL,
     Settings,
@@ -13,6 +15,7 @@ from outbox.settings import (
     mask_url_password,
     sqlalchemy_url,
 )
+from outbox.submit import SubmitContext
 
 SECRET_ENV = {
     "DATABASE_URL": "postgresql://faxout:db-pass-123@db.internal:5432/faxout",
@@ -222,3 +225,12 @@ def test_the_environment_name_comes_from_the_process_by_default(
 ) -> None:
     monkeypatch.setenv("FAXOUT_ENVIRONMENT", "production")
     assert environment_from_env() == "production"
+
+
+def test_library_defaults_are_the_settings_defaults() -> None:
+    """Objects built without settings (tests, scripts) behave as a default deployment."""
+    settings = Settings.from_env({})
+    assert RetryPolicy().max_attempts == settings.max_submit_attempts
+    assert SubmitContext.__dataclass_fields__["lease_seconds"].default == settings.lease_seconds
+    dispatcher_default = Dispatcher.__dataclass_fields__["redispatch_after"].default
+    assert dispatcher_default == settings.redispatch_seconds
