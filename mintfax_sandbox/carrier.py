@@ -14,10 +14,9 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Protocol
 
-if TYPE_CHECKING:
-    from mintfax_sandbox.state import Fax, Sandbox
+from mintfax_sandbox.records import Fax
 
 MAGIC_PREFIX = "+1500555"
 
@@ -79,6 +78,24 @@ def scenario_for(number: str) -> Scenario:
     return SCENARIOS.get(number, _DEFAULT)
 
 
+class Switchboard(Protocol):
+    """Where a fax run reports its steps: the simulator's state (`state.Sandbox`)."""
+
+    def step_seconds(self) -> float:
+        """How long one carrier step takes now (the time scale applied)."""
+        ...
+
+    def set_status(self, fax: Fax, status: str) -> None: ...
+
+    def start_attempt(self, fax: Fax, number: int) -> None: ...
+
+    def schedule_retry(self, fax: Fax, code: str, message: str) -> None: ...
+
+    def deliver(self, fax: Fax, pages: int) -> None: ...
+
+    def fail(self, fax: Fax, code: str, message: str) -> None: ...
+
+
 class FaxRun:
     """One fax's trip through the sandbox carrier, driven by timer callbacks.
 
@@ -86,16 +103,16 @@ class FaxRun:
     of faxes in flight cost little and the simulator stays out of the way of the benchmarks.
     """
 
-    __slots__ = ("_attempt", "_fax", "_handle", "_loop", "_on_done", "_sandbox", "_scenario")
+    __slots__ = ("_attempt", "_board", "_fax", "_handle", "_loop", "_on_done", "_scenario")
 
     def __init__(
         self,
-        sandbox: Sandbox,
+        board: Switchboard,
         fax: Fax,
         scenario: Scenario,
         on_done: Callable[[FaxRun], None],
     ) -> None:
-        self._sandbox = sandbox
+        self._board = board
         self._fax = fax
         self._scenario = scenario
         self._on_done = on_done
@@ -112,29 +129,27 @@ class FaxRun:
             self._handle.cancel()
 
     def _after(self, steps: float, callback: Callable[[], None]) -> None:
-        config = self._sandbox.config
-        delay = steps * config.step_seconds * config.time_scale
-        self._handle = self._loop.call_later(delay, callback)
+        self._handle = self._loop.call_later(steps * self._board.step_seconds(), callback)
 
     def _submit(self) -> None:
-        self._sandbox.set_status(self._fax, "submitted")
+        self._board.set_status(self._fax, "submitted")
         self._after(1, self._begin_attempt)
 
     def _begin_attempt(self) -> None:
         self._attempt += 1
-        self._sandbox.start_attempt(self._fax, self._attempt)
+        self._board.start_attempt(self._fax, self._attempt)
         self._after(1 + self._scenario.pages, self._end_attempt)
 
     def _end_attempt(self) -> None:
         code = self._scenario.outcome(self._attempt)
         if code is None:
-            self._sandbox.deliver(self._fax, self._scenario.pages)
+            self._board.deliver(self._fax, self._scenario.pages)
             self._on_done(self)
             return
         message = ERROR_MESSAGES.get(code, code)
         if code in TERMINAL_CODES or self._fax.retries_remaining <= 0:
-            self._sandbox.fail(self._fax, code, message)
+            self._board.fail(self._fax, code, message)
             self._on_done(self)
             return
-        self._sandbox.schedule_retry(self._fax, code, message)
+        self._board.schedule_retry(self._fax, code, message)
         self._after(2, self._begin_attempt)

@@ -1,9 +1,13 @@
-"""The sandbox's in-memory world: faxes, idempotency keys, money, webhook endpoints, counters.
+"""The sandbox's in-memory world and everything it does behind the HTTP layer.
+
+`Sandbox` accepts fax requests (idempotency keys in `idempotency`, money in `ledger`), runs each
+fax through the carrier (`carrier.FaxRun`), emits webhook events (`webhooks`) and keeps the
+counters and logs the control plane shows. The HTTP layer (`app`) only parses requests and
+serialises what these methods return or raise.
 
 Everything runs on the server's one event loop, so state changes between two `await`s are atomic
-and need no locks. Time has two sources: the simulated clock (`SimClock`, real time plus an offset
-the control API can advance) drives record timestamps and the 24 h idempotency window; the real
-monotonic clock drives the rate limit and carrier delays.
+and need no locks. Record timestamps and the 24 h idempotency window follow the simulated clock
+(`clock.SimClock`); the rate limit and carrier delays follow the real monotonic clock.
 """
 
 from __future__ import annotations
@@ -15,14 +19,18 @@ import time
 import uuid
 from collections import Counter, deque
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 import httpx
 
 from mintfax_sandbox import carrier
-from mintfax_sandbox.faults import FaultConfig, FaultPlan
-from mintfax_sandbox.ratelimit import SlidingWindowLimiter
+from mintfax_sandbox.clock import SimClock, iso
+from mintfax_sandbox.faults import Fault, FaultConfig, FaultPlan
+from mintfax_sandbox.idempotency import KeyStore
+from mintfax_sandbox.ledger import InsufficientBalance, Ledger
+from mintfax_sandbox.ratelimit import RateDecision, SlidingWindowLimiter
+from mintfax_sandbox.records import Fax, FaxRequest, Stats, WebhookEndpoint
 from mintfax_sandbox.webhooks import (
     DeliveryPolicy,
     Signing,
@@ -31,17 +39,6 @@ from mintfax_sandbox.webhooks import (
     new_secret,
 )
 
-IDEMPOTENCY_TTL = timedelta(hours=24)
-EVENTS = (
-    "fax.queued",
-    "fax.sending",
-    "fax.retry_scheduled",
-    "fax.delivered",
-    "fax.failed",
-    "balance.low",
-    "balance.topup",
-)
-LOW_BALANCE_FRACTION = 0.2
 REQUEST_LOG_SIZE = 100_000
 
 
@@ -62,11 +59,12 @@ class SandboxConfig:
     faults: FaultConfig = field(default_factory=FaultConfig)
 
 
-def iso(moment: datetime | None) -> str | None:
-    """ISO-8601 UTC with milliseconds and a `Z`, as mintfax writes timestamps."""
-    if moment is None:
-        return None
-    return moment.isoformat(timespec="milliseconds").removesuffix("+00:00") + "Z"
+@dataclass(frozen=True, slots=True)
+class Submitted:
+    """The outcome of an accepted `POST /v1/fax`: its fax, and whether it was a replay."""
+
+    fax: Fax
+    replayed: bool
 
 
 def new_event_id() -> str:
@@ -74,179 +72,12 @@ def new_event_id() -> str:
     return f"evt_{time.time_ns() // 1_000_000:012x}{secrets.token_hex(8)}"
 
 
-class SimClock:
-    """Real UTC time plus an offset that only moves forward."""
-
-    def __init__(self) -> None:
-        self.offset = timedelta(0)
-
-    def now(self) -> datetime:
-        return datetime.now(UTC) + self.offset
-
-    def advance(self, seconds: float) -> datetime:
-        self.offset += timedelta(seconds=seconds)
-        return self.now()
-
-
-@dataclass(slots=True)
-class Fax:
-    """One fax record, as `GET /v1/fax/{id}` shows it (plus what the simulator needs)."""
-
-    id: str
-    to: str
-    idempotency_key: str | None
-    retries: int
-    webhook_url: str | None
-    file_type: str
-    file_size: int
-    created_at: datetime
-    hold: int
-    submissions: int = 1
-    status: str = "queued"
-    retries_remaining: int = 0
-    pages: int | None = None
-    error_code: str | None = None
-    error_message: str | None = None
-    updated_at: datetime | None = None
-    submitted_at: datetime | None = None
-    completed_at: datetime | None = None
-    charged: int = 0
-    attempts: list[dict[str, Any]] = field(default_factory=list)
-
-    def as_api(self) -> dict[str, Any]:
-        """The generation-A fax resource."""
-        return {
-            "id": self.id,
-            "status": self.status,
-            "to": self.to,
-            "retries_remaining": self.retries_remaining,
-            "created_at": iso(self.created_at),
-            "updated_at": iso(self.updated_at or self.created_at),
-            "pages": self.pages,
-            "carrier": "sandbox",
-            "carrier_id": f"sbx_{self.id[:8]}" if self.submitted_at else None,
-            "error_code": self.error_code,
-            "error_message": self.error_message,
-            "webhook_url": self.webhook_url,
-            "idempotency_key": self.idempotency_key,
-            "submitted_at": iso(self.submitted_at),
-            "completed_at": iso(self.completed_at),
-            "attempts": list(self.attempts),
-        }
-
-    def event_data(self) -> dict[str, Any]:
-        """`data` of a `fax.*` webhook event."""
-        return {
-            "id": self.id,
-            "status": self.status,
-            "to": self.to,
-            "pages": self.pages,
-            "retries_remaining": self.retries_remaining,
-            "error_code": self.error_code,
-            "error_message": self.error_message,
-            "idempotency_key": self.idempotency_key,
-            "created_at": iso(self.created_at),
-            "submitted_at": iso(self.submitted_at),
-            "completed_at": iso(self.completed_at),
-        }
-
-    def as_inspection(self) -> dict[str, Any]:
-        """What `GET /sandbox/faxes` shows: enough to assert exactly-once from outside."""
-        return {
-            "id": self.id,
-            "idempotency_key": self.idempotency_key,
-            "to": self.to,
-            "status": self.status,
-            "pages": self.pages,
-            "submissions": self.submissions,
-            "retries": self.retries,
-            "attempts": len(self.attempts),
-            "error_code": self.error_code,
-            "charged": self.charged,
-            "created_at": iso(self.created_at),
-            "completed_at": iso(self.completed_at),
-        }
-
-
-@dataclass(slots=True)
-class IdempotencyEntry:
-    """A key's stored outcome; `response` is None while the first request is still running."""
-
-    fingerprint: bytes
-    created_at: datetime
-    fax_id: str | None = None
-    response: bytes | None = None
-
-
-@dataclass(slots=True)
-class WebhookEndpoint:
-    """A registered endpoint (`POST /v1/account/webhooks`)."""
-
-    id: str
-    url: str
-    events: list[str] | None
-    description: str | None
-    secret: str = field(repr=False)
-    created_at: datetime = field(default_factory=lambda: datetime.now(UTC))
-    is_active: bool = True
-
-    def as_api(self) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "url": self.url,
-            "is_active": self.is_active,
-            "created_at": iso(self.created_at),
-            "updated_at": iso(self.created_at),
-            "events": self.events,
-            "description": self.description,
-        }
-
-    def wants(self, event: str) -> bool:
-        return self.is_active and (self.events is None or event in self.events)
-
-
-@dataclass(slots=True)
-class Account:
-    """The sandbox balance: available and held cents, and the `balance.low` cycle."""
-
-    available: int
-    held: int = 0
-    last_topup: int = 0
-    low_fired: bool = False
-
-
-@dataclass(slots=True)
-class Stats:
-    """Counters for `GET /sandbox/stats`."""
-
-    requests_by_status: Counter[str] = field(default_factory=Counter)
-    requests_by_path: Counter[str] = field(default_factory=Counter)
-    faxes_created: int = 0
-    duplicate_creations: int = 0
-    same_content_creations: int = 0
-    idempotent_replays: int = 0
-    webhooks_delivered: int = 0
-    webhooks_failed: int = 0
-
-    def as_json(self) -> dict[str, Any]:
-        return {
-            "requests_total": sum(self.requests_by_status.values()),
-            "requests_by_status": dict(self.requests_by_status),
-            "requests_by_path": dict(self.requests_by_path),
-            "faxes_created": self.faxes_created,
-            "duplicate_creations": self.duplicate_creations,
-            "same_content_creations": self.same_content_creations,
-            "idempotent_replays": self.idempotent_replays,
-            "webhooks_delivered": self.webhooks_delivered,
-            "webhooks_failed": self.webhooks_failed,
-        }
-
-
 class Sandbox:
     """All simulator state and behaviour behind the HTTP layer."""
 
     def __init__(self, config: SandboxConfig, account_secret: str | None = None) -> None:
         self.initial_config = config
+        # Signs deliveries to per-fax `webhook_url`s; kept across resets.
         self.account_secret = account_secret or new_secret()
         self.limiter = SlidingWindowLimiter(
             config.rate_limit_per_minute, config.rate_limit_window_seconds
@@ -265,10 +96,10 @@ class Sandbox:
         self.limiter.clear()
         self.faults = FaultPlan(config.faults)
         self.clock = SimClock()
-        self.account = Account(available=config.initial_balance, last_topup=config.initial_balance)
+        self.ledger = Ledger(config.initial_balance, self.emit)
+        self.keys = KeyStore(self.clock.now)
         self.faxes: dict[str, Fax] = {}
         self.fax_order: list[str] = []
-        self.idempotency: dict[str, IdempotencyEntry] = {}
         self.keys_with_fax: set[str] = set()
         self.content_seen: set[bytes] = set()
         self.pending_submissions: Counter[str] = Counter()
@@ -319,7 +150,34 @@ class Sandbox:
 
     # requests ------------------------------------------------------------------------------
 
-    def log_arrival(self, idempotency_key: str | None) -> dict[str, Any]:
+    def admit(self, api_key: str) -> RateDecision | None:
+        """The rate limiter's verdict on one `/v1` request (None: no limit configured)."""
+        return self.limiter.acquire(api_key)
+
+    def count_request(self, route: str) -> None:
+        self.stats.requests_by_path[route] += 1
+
+    def count_outcome(self, outcome: str, arrival: dict[str, Any] | None) -> None:
+        """How a `/v1` request ended: its status code, `reset`, `dropped` or `no_response`."""
+        self.stats.requests_by_status[outcome] += 1
+        if arrival is not None:
+            arrival["status"] = outcome
+
+    def faults_hit_every_endpoint(self) -> bool:
+        return self.faults.config.all_endpoints
+
+    def draw_fault(self) -> tuple[Fault, float]:
+        """The next request's fault and added latency in seconds (drawn in this order, so a
+        seeded run replays the same faults for the same requests)."""
+        fault = self.faults.draw()
+        return fault, self.faults.latency()
+
+    def receive_submission(self, key: str | None) -> dict[str, Any]:
+        """Note a `POST /v1/fax` arrival before anything can fail; returns its log entry."""
+        self._note_submission(key)
+        return self._log_arrival(key)
+
+    def _log_arrival(self, idempotency_key: str | None) -> dict[str, Any]:
         """Record a `POST /v1/fax` arrival (for "nothing reached the API while paused" tests)."""
         self._request_seq += 1
         entry: dict[str, Any] = {
@@ -332,83 +190,91 @@ class Sandbox:
         self.requests.append(entry)
         return entry
 
-    def note_submission(self, key: str | None) -> None:
+    def _note_submission(self, key: str | None) -> None:
         """Count a POST that carried `key` against the fax it names (or will name)."""
         if key is None:
             return
-        entry = self.live_entry(key)
+        entry = self.keys.live(key)
         if entry is not None and entry.fax_id is not None:
             self.faxes[entry.fax_id].submissions += 1
         else:
             self.pending_submissions[key] += 1
 
-    def live_entry(self, key: str) -> IdempotencyEntry | None:
-        """The key's entry unless its 24 h (simulated) window has passed."""
-        entry = self.idempotency.get(key)
-        if entry is not None and self.clock.now() - entry.created_at >= IDEMPOTENCY_TTL:
-            del self.idempotency[key]
-            return None
-        return entry
+    async def submit(self, request: FaxRequest, processing_seconds: float = 0.0) -> Submitted:
+        """Accept a valid fax request: replay its key's fax, or hold the money and create one.
+
+        Raises `idempotency.KeyReused` / `KeyInProgress` (409) and `ledger.InsufficientBalance`
+        (402); nothing is created and the key stays free when it raises. `processing_seconds`
+        (injected latency) passes while the key is held "in progress".
+        """
+        fingerprint = request.fingerprint()
+        key = request.key
+        if key is not None:
+            replayed = self.keys.replay(key, fingerprint)
+            if replayed is not None:
+                self.stats.idempotent_replays += 1
+                return Submitted(self.faxes[replayed], replayed=True)
+        scenario = carrier.scenario_for(request.to)
+        hold = scenario.pages * self.config.price_per_page
+        if scenario.rejection == 402:
+            raise InsufficientBalance(self.ledger.available, hold)
+        reservation = self.keys.reserve(key, fingerprint) if key is not None else None
+        try:
+            if processing_seconds:
+                await asyncio.sleep(processing_seconds)
+            self.ledger.hold(hold)
+            fax = self._create_fax(request, fingerprint, hold, scenario)
+        except BaseException:
+            if key is not None and reservation is not None:
+                self.keys.release(key, reservation)
+            raise
+        if reservation is not None:
+            reservation.fax_id = fax.id
+        return Submitted(fax, replayed=False)
+
+    # reads ---------------------------------------------------------------------------------
+
+    def fax(self, fax_id: str) -> Fax | None:
+        return self.faxes.get(fax_id)
+
+    def fax_page(self, page: int, per_page: int) -> tuple[list[Fax], int]:
+        """Page `page` (1-based) of the faxes, newest first, and how many there are in all."""
+        newest_first = self.fax_order[::-1][(page - 1) * per_page : page * per_page]
+        return [self.faxes[i] for i in newest_first], len(self.fax_order)
+
+    def inspect_faxes(self) -> list[dict[str, Any]]:
+        """Every fax, oldest first, as `GET /sandbox/faxes` shows it."""
+        return [self.faxes[i].as_inspection() for i in self.fax_order]
+
+    def balance(self) -> dict[str, int]:
+        return self.ledger.balance()
 
     # money -----------------------------------------------------------------------------------
 
-    def place_hold(self, amount: int) -> bool:
-        """Move `amount` from available to held; False when it cannot be covered."""
-        if self.account.available < amount:
-            return False
-        self.account.available -= amount
-        self.account.held += amount
-        self._check_low_balance()
-        return True
-
     def set_balance(self, available: int) -> None:
         """Set available cents; starts a new `balance.low` cycle measured against it."""
-        self.account.available = available
-        self.account.last_topup = available
-        self.account.low_fired = False
+        self.ledger.set_available(available)
 
     def top_up(self, amount: int) -> None:
         """Add credits and fire `balance.topup` (a new `balance.low` cycle begins)."""
-        self.account.available += amount
-        self.account.last_topup = amount
-        self.account.low_fired = False
-        self.emit("balance.topup", {**self.balance_data(), "amount": amount})
-
-    def balance_data(self) -> dict[str, Any]:
-        return {"available": self.account.available, "held": self.account.held, "currency": "USD"}
-
-    def _check_low_balance(self) -> None:
-        a = self.account
-        if not a.low_fired and a.available < LOW_BALANCE_FRACTION * a.last_topup:
-            a.low_fired = True
-            threshold = int(LOW_BALANCE_FRACTION * a.last_topup)
-            self.emit("balance.low", {**self.balance_data(), "threshold": threshold})
+        self.ledger.top_up(amount)
 
     # faxes -------------------------------------------------------------------------------------
 
-    def create_fax(
-        self,
-        *,
-        to: str,
-        key: str | None,
-        retries: int,
-        webhook_url: str | None,
-        file_type: str,
-        file_size: int,
-        fingerprint: bytes,
-        hold: int,
-        scenario: carrier.Scenario,
+    def _create_fax(
+        self, request: FaxRequest, fingerprint: bytes, hold: int, scenario: carrier.Scenario
     ) -> Fax:
         """Record an accepted fax (hold already placed), start its carrier run, fire queued."""
+        key = request.key
         fax = Fax(
             id=str(uuid.uuid4()),
-            to=to,
+            to=request.to,
             idempotency_key=key,
-            retries=retries,
-            retries_remaining=retries,
-            webhook_url=webhook_url,
-            file_type=file_type,
-            file_size=file_size,
+            retries=request.retries,
+            retries_remaining=request.retries,
+            webhook_url=request.webhook_url,
+            file_type=request.file_type,
+            file_size=len(request.document),
             created_at=self.clock.now(),
             hold=hold,
         )
@@ -428,6 +294,11 @@ class Sandbox:
         run.start()
         self.emit_fax("fax.queued", fax)
         return fax
+
+    # the carrier's switchboard (`carrier.Switchboard`) ---------------------------------------
+
+    def step_seconds(self) -> float:
+        return self.config.step_seconds * self.config.time_scale
 
     def set_status(self, fax: Fax, status: str) -> None:
         fax.status = status
@@ -466,21 +337,17 @@ class Sandbox:
         """Terminal success: capture the actual cost and give back what the estimate overheld."""
         self._finish_attempt(fax, None, None)
         cost = pages * self.config.price_per_page
-        self.account.held -= fax.hold
-        self.account.available += fax.hold - cost
+        self.ledger.capture(fax.hold, cost)
         fax.charged = cost
         fax.pages = pages
         self.set_status(fax, "delivered")
         fax.completed_at = fax.updated_at
-        if cost > fax.hold:
-            self._check_low_balance()
         self.emit_fax("fax.delivered", fax)
 
     def fail(self, fax: Fax, code: str, message: str) -> None:
         """Terminal failure: release the hold; failures are never charged."""
         self._finish_attempt(fax, code, message)
-        self.account.held -= fax.hold
-        self.account.available += fax.hold
+        self.ledger.release(fax.hold)
         fax.error_code = code
         fax.error_message = message
         self.set_status(fax, "failed")
@@ -501,6 +368,13 @@ class Sandbox:
         )
         self.endpoints[endpoint.id] = endpoint
         return endpoint
+
+    def list_endpoints(self) -> list[WebhookEndpoint]:
+        return list(self.endpoints.values())
+
+    def remove_endpoint(self, endpoint_id: str) -> bool:
+        """Delete an endpoint; False when there is none with this id."""
+        return self.endpoints.pop(endpoint_id, None) is not None
 
     def emit_fax(self, event: str, fax: Fax) -> None:
         if self.endpoints or fax.webhook_url:  # building the payload costs; skip it unheard
