@@ -1,9 +1,20 @@
 """mintfax sandbox: an offline simulator of the mintfax API (generation A), with its failures.
 
-A process, not library code: `outbox/` never imports it. Run `faxout sandbox --port N
-[--rate-limit-per-minute L] [--faults SPEC] [--time-scale X] [--webhook-signing a|b]` (prints
-`sandbox listening on http://HOST:PORT` when ready; SIGTERM/SIGINT stop it cleanly), or in-process
-with `ThreadedServer(create_app(...))` / the pytest fixture `sandbox` (tests/sandbox_fixtures.py).
+A product of its own: it imports nothing from `outbox` or `workers`, and judges what it receives
+(file types included, `filetypes`) with its own code, so a bug in our client is not mirrored here.
+Run `python -m mintfax_sandbox [--port N] [--host H] [--rate-limit-per-minute L]
+[--rate-limit-window-seconds W] [--faults SPEC] [--time-scale X] [--webhook-signing a|b]
+[--webhook-secret whsec_...]` (`faxout sandbox` forwards the same options; prints `sandbox
+listening on http://HOST:PORT` when ready; SIGTERM/SIGINT stop it cleanly, exit 0), or in-process
+with `ThreadedServer(create_app(sandbox=s), s.transports)` / the pytest fixture `sandbox`
+(tests/sandbox_fixtures.py). Needs the `[sandbox]` extra (Starlette, uvicorn, httpx); importing
+this package does not import them: the names below load their modules on first use.
+
+Modules: `cli` (the command line, the only reader of the environment), `app` (routes: parse and
+serialise), `gate` (auth, rate limit, request ids, counters), `forms` (request checks), `errors`
+(the envelope), `state` (the `Sandbox` behind it all), `idempotency` (keys), `ledger` (money),
+`carrier` (magic numbers and status transitions), `records`, `clock`, `webhooks`, `faults`,
+`ratelimit`, `multipart`, `filetypes`, `server` (uvicorn with connection faults).
 
 API (`/v1`, `Authorization: Bearer fx_test_...`; anything else, `fx_live_` included, is 401
 `unauthenticated`). Errors: `{error, message, action, docs, context, request_id}`, 422 carries
@@ -37,11 +48,12 @@ in_progress -> delivered | failed; events `fax.queued`, `fax.sending` (each atte
 step is 50 ms x time scale (a 1-page delivery takes ~0.2 s at scale 1).
 
 Webhooks: envelope `{event_id, event, timestamp, data}` POSTed to each subscribed endpoint and to
-the fax's `webhook_url` (signed with the account secret, `GET /sandbox/webhook-secret`, or
-`FAXOUT_SANDBOX_WEBHOOK_SECRET`). Signing a (default): `X-Mintfax-Timestamp`, `X-Mintfax-Signature`
-= hex HMAC-SHA256(secret as issued, "{ts}.{body}"); b: Standard Webhooks. Retried with backoff
-(0.1 s x 2^n x time scale, 6 attempts) on non-2xx, errors, or no answer in 5 s. Event
-`timestamp` and signature timestamps are real time; record timestamps follow the simulated clock.
+the fax's `webhook_url` (signed with the account secret: `--webhook-secret`, else
+`FAXOUT_SANDBOX_WEBHOOK_SECRET`, else a fresh one; `GET /sandbox/webhook-secret` shows it).
+Signing a (default): `X-Mintfax-Timestamp`, `X-Mintfax-Signature` = hex HMAC-SHA256(secret as
+issued, "{ts}.{body}"); b: Standard Webhooks. Retried with backoff (0.1 s x 2^n x time scale, 6
+attempts) on non-2xx, errors, or no answer in 5 s. Event `timestamp` and signature timestamps
+are real time; record timestamps follow the simulated clock.
 
 Faults (`--faults`, `POST /sandbox/faults`): `reset`, `error_500`, `error_503`,
 `commit_then_drop` probabilities, `latency_ms` (fixed or `[low, high]`), `webhook_duplicate`,
@@ -59,10 +71,26 @@ webhook_max_attempts, webhook_timeout_seconds), `GET|POST clock` (`{"advance_sec
 `POST reset` (back to the start-up state and configuration).
 """
 
-from mintfax_sandbox.app import create_app
-from mintfax_sandbox.faults import FaultConfig, parse_fault_spec
-from mintfax_sandbox.server import ThreadedServer
-from mintfax_sandbox.state import Sandbox, SandboxConfig
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from mintfax_sandbox.app import create_app
+    from mintfax_sandbox.faults import FaultConfig, parse_fault_spec
+    from mintfax_sandbox.server import ThreadedServer
+    from mintfax_sandbox.state import Sandbox, SandboxConfig
+
+# Public name -> the module that defines it, imported on first access (PEP 562).
+_LAZY = {
+    "FaultConfig": "mintfax_sandbox.faults",
+    "Sandbox": "mintfax_sandbox.state",
+    "SandboxConfig": "mintfax_sandbox.state",
+    "ThreadedServer": "mintfax_sandbox.server",
+    "create_app": "mintfax_sandbox.app",
+    "parse_fault_spec": "mintfax_sandbox.faults",
+}
 
 __all__ = [
     "FaultConfig",
@@ -72,3 +100,16 @@ __all__ = [
     "create_app",
     "parse_fault_spec",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

@@ -1,9 +1,12 @@
-"""The simulator's state-side parts without a server: idempotency keys, the ledger, and a carrier
-run driven through its `Switchboard` protocol."""
+"""The simulator's state-side parts without a server: idempotency keys, the ledger, a carrier run
+driven through its `Switchboard` protocol, and the package's lazy public names."""
 
 from __future__ import annotations
 
 import asyncio
+import json
+import subprocess
+import sys
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -211,3 +214,32 @@ def test_busy_fails_when_the_retries_run_out_and_invalid_number_at_once() -> Non
         ("failed", "busy"),
     ]
     assert _run("+15005550008", retries=5)[-2:] == [("attempt", 1), ("failed", "invalid_number")]
+
+
+# --- the package's public names ------------------------------------------------------------------
+
+
+def test_importing_the_package_loads_no_web_stack_and_the_names_load_on_use() -> None:
+    probe = (
+        "import sys, json, mintfax_sandbox\n"
+        "web = {'starlette', 'uvicorn', 'httpx'}\n"
+        "before = sorted({n.split('.')[0] for n in sys.modules} & web)\n"
+        "from mintfax_sandbox import Sandbox, SandboxConfig, ThreadedServer, create_app\n"
+        "from mintfax_sandbox import FaultConfig, parse_fault_spec\n"
+        "same = parse_fault_spec('seed=1') == FaultConfig(seed=1)\n"
+        "modules = [Sandbox.__module__, create_app.__module__, ThreadedServer.__module__]\n"
+        "print(json.dumps([before, *modules, same]))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    before, sandbox_module, app_module, server_module, parsed = json.loads(done.stdout)
+    assert before == []
+    assert (sandbox_module, app_module, server_module) == (
+        "mintfax_sandbox.state",
+        "mintfax_sandbox.app",
+        "mintfax_sandbox.server",
+    )
+    assert parsed is True
+    import mintfax_sandbox
+
+    with pytest.raises(AttributeError, match="no_such_name"):
+        mintfax_sandbox.no_such_name  # noqa: B018
