@@ -4,6 +4,7 @@
 
 Uses `REDIS_URL` when set (DB index included), otherwise starts the embedded Redis. Every
 grant is timed by the Redis clock the script decided it with, so the numbers are exact.
+`saturate` is also what tests/integration/test_throttle_redis.py asserts on.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import os
 import tempfile
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import redis
@@ -22,12 +24,47 @@ import redis
 from outbox.throttle import FleetThrottle
 from workers.single_host import embedded
 
+KEY_PREFIX = "faxout-bench"
 
-def _worker(
-    redis_url: str, limit: int, burst: int, threads: int, start_at: float, stop_at: float
+
+def saturate(
+    redis_url: str,
+    limit: int,
+    *,
+    burst: int = 1,
+    processes: int = 4,
+    threads: int = 2,
+    seconds: float = 10.0,
+    start_delay: float = 2.0,
+    key_prefix: str = KEY_PREFIX,
+) -> list[list[int]]:
+    """Workers in `processes` spawned processes x `threads` threads take tokens flat out for
+    `seconds`, each sleeping what the throttle answers; returns, per process, the Redis time
+    (µs) of every grant, as the script decided it.
+
+    The run starts `start_delay` seconds from now, so every process is up and connected first,
+    from an idle bucket.
+    """
+    client = redis.Redis.from_url(redis_url)
+    client.delete(*FleetThrottle(client, limit, burst=burst, key_prefix=key_prefix).keys)
+    client.close()
+    start_at = time.time() + start_delay
+    job = (redis_url, limit, burst, key_prefix, threads, start_at, start_at + seconds)
+    with multiprocessing.get_context("spawn").Pool(processes) as pool:
+        return pool.starmap(_take_tokens, [job] * processes)
+
+
+def _take_tokens(
+    redis_url: str,
+    limit: int,
+    burst: int,
+    key_prefix: str,
+    threads: int,
+    start_at: float,
+    stop_at: float,
 ) -> list[int]:
     client = redis.Redis.from_url(redis_url)
-    throttle = FleetThrottle(client, limit, burst=burst, key_prefix="faxout-bench")
+    throttle = FleetThrottle(client, limit, burst=burst, key_prefix=key_prefix)
     grants: list[int] = []
     lock = threading.Lock()
 
@@ -46,33 +83,40 @@ def _worker(
         thread.start()
     for thread in pool:
         thread.join()
+    client.close()
     return grants
 
 
-def _busiest(grants: list[int], window_us: int) -> int:
+def busiest_window(grants: Sequence[int], window_us: int) -> int:
+    """The most grants in any closed window of `window_us` (sorted grants, µs)."""
     return max(bisect.bisect_right(grants, g + window_us) - i for i, g in enumerate(grants))
 
 
+def per_minute(grants: Sequence[int]) -> float:
+    """The rate of sorted grants (µs) over the span they cover, per minute."""
+    return (len(grants) - 1) / ((grants[-1] - grants[0]) / 1e6) * 60
+
+
 def run(redis_url: str, args: argparse.Namespace) -> None:
-    client = redis.Redis.from_url(redis_url)
-    throttle = FleetThrottle(client, args.limit, burst=args.burst, key_prefix="faxout-bench")
-    client.delete(*throttle.keys)  # start from an idle bucket
-    start_at = time.time() + 2.0
-    stop_at = start_at + args.seconds
-    context = multiprocessing.get_context("spawn")
-    job = (redis_url, args.limit, args.burst, args.threads, start_at, stop_at)
-    with context.Pool(args.processes) as pool:
-        results = pool.starmap(_worker, [job] * args.processes)
+    results = saturate(
+        redis_url,
+        args.limit,
+        burst=args.burst,
+        processes=args.processes,
+        threads=args.threads,
+        seconds=args.seconds,
+    )
     grants = sorted(g for worker in results for g in worker)
+    throttle = FleetThrottle(redis.Redis.from_url(redis_url), args.limit, burst=args.burst)
     interval, slack = throttle.emission_interval, throttle.slack_seconds
-    per_minute = (len(grants) - 1) / ((grants[-1] - grants[0]) / 1e6) * 60
+    achieved = per_minute(grants)
     print(f"limit {args.limit}/min, burst {args.burst}, interval {interval:.6f} s")
     print(f"{args.processes} processes x {args.threads} threads, {args.seconds:.0f} s")
     print(f"grants: {len(grants)} ({[len(w) for w in results]} per process)")
-    print(f"achieved: {per_minute:.1f}/min = {per_minute / args.limit:.2%} of the limit")
+    print(f"achieved: {achieved:.1f}/min = {achieved / args.limit:.2%} of the limit")
     for window in (1, 10, 60):
         if window <= args.seconds:
-            busiest = _busiest(grants, window * 1_000_000)
+            busiest = busiest_window(grants, window * 1_000_000)
             bound = args.burst + int((window + slack) // interval)
             print(f"busiest {window:>2} s window: {busiest} (GCRA bound {bound})")
 
