@@ -230,14 +230,15 @@ def _print_fleet_state(
     elif settings.redis_url:
         import redis as redis_lib
 
+        from outbox.errors import FleetStateUnavailable
         from outbox.throttle import FleetThrottle
         from workers.app import QUEUE
 
         client = redis_lib.Redis.from_url(settings.redis_url, socket_timeout=5)
         try:
             snap = FleetThrottle(client, settings.rate_limit_per_minute).snapshot()
-            depth = client.llen(QUEUE)
-        except redis_lib.RedisError as exc:
+            depth = client.llen(QUEUE)  # the broker's own queue: this is its boundary
+        except (FleetStateUnavailable, redis_lib.RedisError) as exc:
             out.print(f"redis: unavailable ({type(exc).__name__})")
         else:
             out.print(

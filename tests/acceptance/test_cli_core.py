@@ -236,3 +236,15 @@ def test_an_unreachable_database_is_one_line_and_exit_1() -> None:
     [line] = _error_lines(done)
     assert line.startswith("error: database unavailable: ")
     assert "s3cret-pw" not in done.stderr + done.stdout
+
+
+def test_status_with_redis_down_still_shows_the_outbox(database_url: str) -> None:
+    # Counts and pauses come from Postgres; an unreachable Redis is one line, not a traceback.
+    done = _faxout(
+        "status",
+        database_url=database_url,
+        extra_env={"REDIS_URL": f"redis://127.0.0.1:{free_port()}/0"},
+    )
+    assert done.returncode == 0, done.stderr
+    assert "pending" in done.stdout
+    assert "redis: unavailable (FleetStateUnavailable)" in done.stdout
