@@ -226,7 +226,11 @@ def _print_fleet_state(
     else:
         out.print("fleet: sending")
     if settings.redis_url and missing_extras("worker"):
-        out.print("throttle and broker queue: not shown (pip install 'fax-outbox[worker]')")
+        out.print(
+            "throttle and broker queue: not shown (pip install 'fax-outbox[worker]')",
+            markup=False,
+            highlight=False,
+        )
     elif settings.redis_url:
         import redis as redis_lib
 

@@ -248,3 +248,12 @@ def test_status_with_redis_down_still_shows_the_outbox(database_url: str) -> Non
     assert done.returncode == 0, done.stderr
     assert "pending" in done.stdout
     assert "redis: unavailable (FleetStateUnavailable)" in done.stdout
+
+
+def test_faxout_sandbox_hands_its_arguments_to_the_simulator() -> None:
+    helped = _faxout("sandbox", "--help", database_url=None)
+    assert helped.returncode == 0, helped.stderr
+    assert "faxout sandbox" in helped.stdout and "--rate-limit-per-minute" in helped.stdout
+    refused = _faxout("sandbox", "--port", "70000", database_url=None)
+    assert refused.returncode == 2
+    assert _error_lines(refused) == ["error: --port must be 0-65535"]

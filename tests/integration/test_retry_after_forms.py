@@ -24,7 +24,7 @@ from outbox.fax_client import MintfaxClient
 from outbox.pause import PauseMirror
 from outbox.submit import Outcome, SubmitContext, submit_fax
 from outbox.throttle import FleetThrottle
-from workers.sandbox.server import ThreadedServer
+from mintfax_sandbox.server import ThreadedServer
 
 PDF = b"%PDF-1.4\n%%EOF\n"
 

@@ -77,7 +77,7 @@ class Stack:
         port = port or free_port()
         self._spawn(
             "sandbox",
-            [sys.executable, "-m", "workers.cli", "sandbox", "--port", str(port), *args],
+            [sys.executable, "-m", "mintfax_sandbox", "--port", str(port), *args],
         )
         base = f"http://127.0.0.1:{port}"
         self._wait_http(f"{base}/sandbox/stats", "sandbox")
