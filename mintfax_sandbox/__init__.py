@@ -4,8 +4,9 @@ A product of its own: it imports nothing from `outbox` or `workers`, and judges 
 (file types included, `filetypes`) with its own code, so a bug in our client is not mirrored here.
 Run `python -m mintfax_sandbox [--port N] [--host H] [--rate-limit-per-minute L]
 [--rate-limit-window-seconds W] [--faults SPEC] [--time-scale X] [--webhook-signing a|b]
-[--webhook-secret whsec_...]` (`faxout sandbox` forwards the same options; prints `sandbox
-listening on http://HOST:PORT` when ready; SIGTERM/SIGINT stop it cleanly, exit 0), or in-process
+[--webhook-secret whsec_...] [--control-token T]` (`faxout sandbox` forwards the same options;
+prints `sandbox listening on http://HOST:PORT` when ready; SIGTERM/SIGINT stop it cleanly, exit
+0), or in-process
 with `ThreadedServer(create_app(sandbox=s), s.transports)` / the pytest fixture `sandbox`
 (tests/sandbox_fixtures.py). Needs the `[sandbox]` extra (Starlette, uvicorn, httpx); importing
 this package does not import them: the names below load their modules on first use.
@@ -60,15 +61,23 @@ Faults (`--faults`, `POST /sandbox/faults`): `reset`, `error_500`, `error_503`,
 `webhook_reorder`, `all_endpoints`, `seed`. Resets are real TCP resets (httpx `ReadError` /
 `RemoteProtocolError`).
 
-Control (`/sandbox`, no auth): `GET faxes` (id, idempotency_key, to, status, pages, submissions,
-...), `GET stats` (requests_total, requests_by_status incl. `reset`/`dropped`, requests_by_path,
-faxes_created, duplicate_creations, same_content_creations, idempotent_replays,
-webhooks_delivered, webhooks_failed), `GET requests` (POST /v1/fax arrivals: seq, received_at,
-monotonic, idempotency_key, status), `GET webhooks` (delivery log), `GET webhook-secret`,
-`POST balance` (`{"available": N}` sets, `{"top_up": N}` adds + `balance.topup`), `GET|POST
-faults`, `GET|POST config` (rate_limit_per_minute, time_scale, webhook_signing, price_per_page,
-webhook_max_attempts, webhook_timeout_seconds), `GET|POST clock` (`{"advance_seconds": N}`),
-`POST reset` (back to the start-up state and configuration).
+Control (`/sandbox`). Auth: `Authorization: Bearer <control token>`, compared in constant time; a
+missing or wrong token is 401 `unauthenticated` (`check_control_token`) in the envelope above. The
+token is `--control-token`, else `FAXOUT_SANDBOX_CONTROL_TOKEN`. Bound to anything but loopback
+(127.0.0.0/8, ::1, `localhost`) the token is always required: the simulator prints one `warning:
+the mintfax sandbox is bound to HOST: ...` line on stderr at start-up and, when no token is given,
+generates one (`secrets.token_urlsafe`) and prints it once on stderr (`sandbox control token:
+...`), the only place it is ever written. On loopback, and for `create_app(...)` in-process (its
+`control_token=` argument, default none), the control endpoints are open unless a token is given.
+`/v1` is unaffected (its own `fx_test_` keys). Endpoints: `GET faxes` (id, idempotency_key, to,
+status, pages, submissions, ...), `GET stats` (requests_total, requests_by_status incl.
+`reset`/`dropped`, requests_by_path, faxes_created, duplicate_creations, same_content_creations,
+idempotent_replays, webhooks_delivered, webhooks_failed), `GET requests` (POST /v1/fax arrivals:
+seq, received_at, monotonic, idempotency_key, status), `GET webhooks` (delivery log), `GET
+webhook-secret`, `POST balance` (`{"available": N}` sets, `{"top_up": N}` adds + `balance.topup`),
+`GET|POST faults`, `GET|POST config` (rate_limit_per_minute, time_scale, webhook_signing,
+price_per_page, webhook_max_attempts, webhook_timeout_seconds), `GET|POST clock`
+(`{"advance_seconds": N}`), `POST reset` (back to the start-up state and configuration).
 """
 
 from __future__ import annotations

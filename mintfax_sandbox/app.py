@@ -120,7 +120,7 @@ def api_routes(sandbox: Sandbox) -> list[Route]:
 
 
 def control_routes(sandbox: Sandbox) -> list[Route]:
-    """Inspection and control under `/sandbox`: no auth, only ever mounted by the simulator."""
+    """Inspection and control under `/sandbox` (the gate checks the control token, if any)."""
 
     async def faxes(request: Request) -> Response:
         return json_response({"data": sandbox.inspect_faxes()})
@@ -202,11 +202,13 @@ def create_app(
     *,
     sandbox: Sandbox | None = None,
     extra_routes: list[Route] | None = None,
+    control_token: str | None = None,
 ) -> Starlette:
     """The simulator as an ASGI app; `app.state.sandbox` is its state (for in-process tests).
 
     `extra_routes` (matched first) let the benchmark put a bare endpoint on the very same app
-    and server.
+    and server. `control_token`: when given, `/sandbox/...` requires
+    `Authorization: Bearer <control_token>` (401 otherwise); by default the control API is open.
     """
     sandbox = sandbox or Sandbox(config or SandboxConfig())
 
@@ -234,5 +236,5 @@ def create_app(
         lifespan=lifespan,
     )
     app.state.sandbox = sandbox
-    app.add_middleware(ApiGate, sandbox=sandbox)
+    app.add_middleware(ApiGate, sandbox=sandbox, control_token=control_token)
     return app

@@ -1,7 +1,12 @@
 """`python -m mintfax_sandbox` (and `faxout sandbox`, which forwards its arguments here).
 
 The command line is the simulator's only edge with the environment: `--webhook-secret` falls back
-to `FAXOUT_SANDBOX_WEBHOOK_SECRET`, and nothing below this module reads `os.environ`. The server
+to `FAXOUT_SANDBOX_WEBHOOK_SECRET`, `--control-token` to `FAXOUT_SANDBOX_CONTROL_TOKEN`, and
+nothing below this module reads `os.environ`. Bound to anything but loopback (127.0.0.0/8, ::1,
+`localhost`), the simulator warns on stderr and its control endpoints require the control token
+(`Authorization: Bearer <token>`); when none is given, one is generated and printed once on stderr
+(`sandbox control token: ...`), the only place the token is ever written. On loopback the control
+endpoints are open unless a token is given. The server
 and the app are imported only once the options are valid, so `--help` and bad options are cheap.
 Exit codes: 0 after a clean stop (SIGTERM/SIGINT), 1 when the port cannot be bound, 2 for bad
 options (one `error:` line per problem on stderr).
@@ -11,6 +16,8 @@ from __future__ import annotations
 
 import base64
 import binascii
+import ipaddress
+import secrets
 from typing import Annotated
 
 import typer
@@ -18,6 +25,8 @@ import typer
 from mintfax_sandbox.faults import FaultConfig, FaultSpecError, parse_fault_spec
 
 SECRET_ENV = "FAXOUT_SANDBOX_WEBHOOK_SECRET"  # noqa: S105 (a variable name, not a secret)
+CONTROL_TOKEN_ENV = "FAXOUT_SANDBOX_CONTROL_TOKEN"  # noqa: S105 (a variable name, not a secret)
+CONTROL_TOKEN_LINE = "sandbox control token: "  # noqa: S105 (the label of the start-up line)
 
 app = typer.Typer(
     add_completion=False,
@@ -61,6 +70,17 @@ def run(
             "a fresh one when unset (GET /sandbox/webhook-secret shows it).",
         ),
     ] = None,
+    control_token: Annotated[
+        str | None,
+        typer.Option(
+            envvar=CONTROL_TOKEN_ENV,
+            show_envvar=True,
+            show_default=False,
+            help="Token the /sandbox control endpoints require (Authorization: Bearer <token>). "
+            "Required on a non-loopback --host, where one is generated and printed once when "
+            "unset; on loopback the control endpoints are open unless a token is given.",
+        ),
+    ] = None,
 ) -> None:
     problems: list[str] = []
     fault_config = FaultConfig()
@@ -81,6 +101,10 @@ def run(
     if webhook_secret is not None and not _is_signing_secret(webhook_secret):
         # The value itself is never echoed: it is a secret.
         problems.append(f"--webhook-secret (or {SECRET_ENV}) must be whsec_ followed by base64")
+    if control_token is not None and not _is_usable_token(control_token):
+        problems.append(
+            f"--control-token (or {CONTROL_TOKEN_ENV}) must be printable ASCII without spaces"
+        )
     if problems:
         for line in problems:
             typer.echo(f"error: {line}", err=True)
@@ -98,8 +122,18 @@ def run(
         faults=fault_config,
     )
     state = Sandbox(config, account_secret=webhook_secret)
+    notices: list[str] = []
+    if not is_loopback(host):
+        notices.append(
+            f"warning: the mintfax sandbox is bound to {host}: anyone who can reach it can "
+            "change its balance and faults; control endpoints require the control token"
+        )
+        if control_token is None:
+            control_token = secrets.token_urlsafe(32)
+            notices.append(CONTROL_TOKEN_LINE + control_token)  # the one place it is written
+    app_ = create_app(sandbox=state, control_token=control_token)
     try:
-        serve(create_app(sandbox=state), state.transports, host, port)
+        serve(app_, state.transports, host, port, notices=notices)
     except OSError as exc:
         typer.echo(f"error: cannot listen on {host}:{port}: {exc.strerror}", err=True)
         raise typer.Exit(1) from None
@@ -114,6 +148,21 @@ def _is_signing_secret(value: str) -> bool:
         return bool(base64.b64decode(encoded, validate=True))
     except (binascii.Error, ValueError):
         return False
+
+
+def is_loopback(host: str) -> bool:
+    """127.0.0.0/8, ::1 or `localhost`; anything else (0.0.0.0, ::, names) may be reachable."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def _is_usable_token(value: str) -> bool:
+    """Sendable as `Authorization: Bearer <token>`: visible ASCII, no spaces, not empty."""
+    return bool(value) and all("!" <= c <= "~" for c in value)
 
 
 def main(argv: list[str] | None = None, prog_name: str = "python -m mintfax_sandbox") -> int:

@@ -70,6 +70,17 @@ def unauthenticated(live_key: bool) -> ApiError:
     return ApiError(401, "unauthenticated", message, "check_api_key")
 
 
+def control_unauthenticated() -> ApiError:
+    """401 on `/sandbox/...` without the control token (the token itself is never echoed)."""
+    return ApiError(
+        401,
+        "unauthenticated",
+        "The control endpoints require the control token: "
+        "send `Authorization: Bearer <control token>`.",
+        "check_control_token",
+    )
+
+
 def rate_limited(limit: int, retry_after: int) -> ApiError:
     message = f"Rate limit of {limit} requests per minute exceeded; retry after {retry_after} s."
     return ApiError(429, "rate_limit_exceeded", message, "wait_and_retry")

@@ -4,12 +4,15 @@ Plain ASGI rather than Starlette middleware, cheap enough not to weigh on throug
 response gets an `X-Request-Id`; every `/v1` request gets bearer auth (`fx_test_` keys only), the
 per-key rate limit with its `X-RateLimit-*` headers, the request counters and, with
 `all_endpoints` faults, the faults of requests other than `POST /v1/fax` (whose handler draws its
-own, since a fault there can strike after the fax is created).
+own, since a fault there can strike after the fax is created). With a control token, every
+`/sandbox` request must carry it as `Authorization: Bearer <token>` (compared in constant time);
+without one (the default, for loopback and in-process use) the control endpoints are open.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hmac
 import secrets
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,6 +23,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from mintfax_sandbox.errors import (
     ApiError,
+    control_unauthenticated,
     error_response,
     rate_limited,
     server_error,
@@ -99,9 +103,11 @@ class DropConnection(Response):
 class ApiGate:
     """Auth, rate limit, request ids and counters around the whole app."""
 
-    def __init__(self, app: ASGIApp, sandbox: Sandbox) -> None:
+    def __init__(self, app: ASGIApp, sandbox: Sandbox, control_token: str | None = None) -> None:
         self.app = app
         self.sandbox = sandbox
+        # Kept as bytes for hmac.compare_digest; never logged, never in a repr.
+        self._control_token = None if control_token is None else control_token.encode()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -120,6 +126,11 @@ class ApiGate:
 
         path: str = scope["path"]
         if not (path == "/v1" or path.startswith("/v1/")):
+            if self._control_refused(path, scope):
+                await error_response(control_unauthenticated(), ctx.request_id)(
+                    scope, receive, send_with_headers
+                )
+                return
             await self.app(scope, receive, send_with_headers)
             return
         self.sandbox.count_request(_route_label(scope["method"], path))
@@ -128,6 +139,14 @@ class ApiGate:
         finally:
             outcome = str(status[0]) if status else (ctx.outcome or "no_response")
             self.sandbox.count_outcome(outcome, ctx.arrival)
+
+    def _control_refused(self, path: str, scope: Scope) -> bool:
+        """True for a `/sandbox` request without the control token, when one is required."""
+        if self._control_token is None or not (path == "/sandbox" or path.startswith("/sandbox/")):
+            return False
+        given = _bearer(scope)
+        presented = b"" if given is None else given.encode("latin-1")
+        return not hmac.compare_digest(presented, self._control_token)
 
     async def _gated(
         self,

@@ -12,7 +12,7 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from types import FrameType
 from typing import Any
 
@@ -142,9 +142,15 @@ def serve(
     host: str,
     port: int,
     announce: Callable[[str], None] = lambda line: print(line, flush=True),
+    notices: Sequence[str] = (),
 ) -> None:
-    """Serve in the foreground until SIGTERM/SIGINT (uvicorn's handlers shut down cleanly)."""
+    """Serve in the foreground until SIGTERM/SIGINT (uvicorn's handlers shut down cleanly).
+
+    `notices` are written to stderr once the port is bound, before the "listening" line.
+    """
     sock = bind(host, port)
+    for line in notices:
+        print(line, file=sys.stderr, flush=True)
     server = make_server(app, transports)
     bound_port = sock.getsockname()[1]
 

@@ -3,7 +3,8 @@
 - `sandbox`: a fresh simulator on a free port in this process (default configuration: 60
   requests/min, faults off). `sandbox.base_url` is the mintfax base URL (`.../v1`), `sandbox.url`
   the server root, `sandbox.api_key` a valid `fx_test_` key; the control methods go through the
-  `/sandbox` HTTP API, so they are safe from any thread.
+  `/sandbox` HTTP API, so they are safe from any thread (`SandboxHandle(url, control_token=T)`
+  sends the control token a simulator started with `--control-token T` requires).
 - `sandbox_factory(config=SandboxConfig(...))`: the same with a configuration of your own.
 - `sandbox_process(*cli_args)`: `python -m mintfax_sandbox` as a real subprocess (acceptance tests).
 - `sandbox_cli(*cli_args)`: the same run to completion (for start-up errors): its exit status and
@@ -61,11 +62,15 @@ SERVER_FIXTURES = frozenset(
 class SandboxHandle:
     """A running simulator and typed shortcuts to its control API."""
 
-    def __init__(self, url: str, api_key: str = SANDBOX_API_KEY) -> None:
+    def __init__(
+        self, url: str, api_key: str = SANDBOX_API_KEY, *, control_token: str | None = None
+    ) -> None:
         self.url = url
         self.base_url = f"{url}/v1"
         self.api_key = api_key
-        self._control = httpx.Client(base_url=url, timeout=10)
+        # The control token (`--control-token`), when the simulator requires one on /sandbox.
+        headers = {} if control_token is None else {"Authorization": f"Bearer {control_token}"}
+        self._control = httpx.Client(base_url=url, headers=headers, timeout=10)
 
     def close(self) -> None:
         self._control.close()

@@ -24,6 +24,7 @@ def test_help_names_the_program_it_was_called_as(capsys: pytest.CaptureFixture[s
         "--time-scale",
         "--webhook-signing",
         "--webhook-secret",
+        "--control-token",
     ):
         assert option in out
 
