@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from sqlalchemy import Engine
 
 from outbox import repository
-from outbox.clock import Clock
+from outbox.clock import Clock, sql_now
 from outbox.settings import DEFAULT_REDISPATCH_SECONDS
 
 # The most row ids one message carries (bench/drain.py: 10 -> 25 took CPU per fax 1.77x ->
@@ -84,7 +84,7 @@ class Dispatcher:
             with self.engine.begin() as conn:
                 ids = repository.dispatch_due(
                     conn,
-                    now=self.clock.now(),
+                    now=sql_now(self.clock),
                     limit=min(room * self.ids_per_message, self.batch_size),
                     redispatch_after=self.redispatch_after,
                 )

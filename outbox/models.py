@@ -18,6 +18,7 @@ from enum import StrEnum
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     CheckConstraint,
     Column,
     DateTime,
@@ -34,7 +35,7 @@ from sqlalchemy import (
     UniqueConstraint,
     text,
 )
-from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.dialects.postgresql import JSONB, UUID
 
 
 class FaxStatus(StrEnum):
@@ -122,6 +123,9 @@ fax_outbox = Table(
     Column("next_attempt_at", DateTime(timezone=True), nullable=False, server_default=_NOW),
     Column("lease_owner", Text),
     Column("lease_expires_at", DateTime(timezone=True)),
+    # The fencing token of the current claim (set by the claim, guards each of its writes);
+    # lease_owner (host:pid) is for display only: it can repeat across containers.
+    Column("lease_token", UUID(as_uuid=True)),
     Column("first_attempt_at", DateTime(timezone=True)),
     Column("mintfax_fax_id", Text),
     Column("mintfax_status", Text),
@@ -149,7 +153,9 @@ fax_outbox = Table(
     CheckConstraint("attempts >= 0", name="attempts_nonnegative"),
     CheckConstraint("jsonb_typeof(metadata) = 'object'", name="metadata_object"),
     CheckConstraint(
-        "(status = 'sending') = (lease_expires_at IS NOT NULL AND lease_owner IS NOT NULL)",
+        # All three lease columns while sending (the token fences its writes), none otherwise.
+        "num_nulls(lease_owner, lease_expires_at, lease_token) "
+        "= CASE WHEN status = 'sending' THEN 0 ELSE 3 END",
         name="lease_iff_sending",
     ),
     CheckConstraint(
@@ -199,6 +205,10 @@ fax_attempts = Table(
     Column("http_status", Integer),
     Column("error", JSONB),
     Column("request_id", Text),
+    # What mintfax answered with, kept even when the row itself could not take it.
+    Column("mintfax_fax_id", Text),
+    # The POST was made on a lease that had been lost by the time its result came back.
+    Column("lease_lost", Boolean, nullable=False, server_default=text("false")),
     CheckConstraint("attempt >= 1", name="attempt_positive"),
     CheckConstraint("duration_ms >= 0", name="duration_nonnegative"),
     CheckConstraint(

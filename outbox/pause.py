@@ -19,7 +19,7 @@ from sqlalchemy import Connection, Engine, text
 
 from outbox import repository
 from outbox.alerts import Alert, Alerter
-from outbox.clock import Clock
+from outbox.clock import Clock, sql_now
 from outbox.models import NOTIFY_CHANNEL, PauseReason
 from outbox.repository import Pause
 from outbox.throttle import DEFAULT_KEY_PREFIX, FleetThrottle, fleet_state_unavailable
@@ -139,7 +139,7 @@ class FleetControl:
             ended = repository.end_pauses(conn, now=self._clock.now(), ended_by=by, reasons=reasons)
             still_open = repository.open_pauses(conn)
             if ended and not still_open:
-                repository.redispatch_waiting(conn, now=self._clock.now())
+                repository.redispatch_waiting(conn, now=sql_now(self._clock))
                 conn.execute(text("SELECT pg_notify(:channel, '')"), {"channel": NOTIFY_CHANNEL})
         self._mirror.publish(still_open)
         return ended

@@ -1,12 +1,15 @@
 """Every SQL statement fax-outbox runs against `fax_outbox` and its companions lives here.
 
-Functions take a `Connection` already inside the caller's transaction and never commit. Time is
-passed in as `now` (the injected clock), not taken from the database, so tests control it.
+Functions take a `Connection` already inside the caller's transaction and never commit. Time
+is the database's: every `now` parameter is `coalesce(:now, now())`, so production passes None
+(`outbox.clock.sql_now` of a `DatabaseClock`) and no host's clock decides a lease, a rescue, a
+dispatch or the 24 h guard; tests pass their own moment and control it (invariant 3).
 """
 
 from __future__ import annotations
 
 import functools
+import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -209,15 +212,16 @@ _DISPATCH_DUE = text(
     """
     WITH due AS (
         SELECT id FROM fax_outbox
-        WHERE status = 'pending' AND next_attempt_at <= :now
+        WHERE status = 'pending' AND next_attempt_at <= coalesce(CAST(:now AS timestamptz), now())
           AND NOT EXISTS (SELECT 1 FROM fleet_pauses WHERE ended_at IS NULL)
         ORDER BY next_attempt_at, id
         LIMIT :limit
         FOR UPDATE SKIP LOCKED
     )
     UPDATE fax_outbox AS f
-    SET dispatched_at = :now,
-        next_attempt_at = :now + make_interval(secs => :redispatch_after)
+    SET dispatched_at = coalesce(CAST(:now AS timestamptz), now()),
+        next_attempt_at = coalesce(CAST(:now AS timestamptz), now())
+                          + make_interval(secs => :redispatch_after)
     FROM due
     WHERE f.id = due.id
     RETURNING f.id
@@ -229,15 +233,70 @@ _CLAIM_FOR_SUBMIT = text(
     UPDATE fax_outbox
     SET status = 'sending',
         lease_owner = :owner,
-        lease_expires_at = :now + make_interval(secs => :lease_seconds),
-        dispatched_at = NULL,
-        first_attempt_at = coalesce(first_attempt_at, :now)
+        lease_token = gen_random_uuid(),
+        lease_expires_at = coalesce(CAST(:now AS timestamptz), now())
+                           + make_interval(secs => :lease_seconds),
+        dispatched_at = NULL
     WHERE id = :id
       AND status = 'pending'
       AND dispatched_at IS NOT NULL
       AND NOT EXISTS (SELECT 1 FROM fleet_pauses WHERE ended_at IS NULL)
     RETURNING id, idempotency_key, to_number, document, filename, retries, attempts,
-              first_attempt_at
+              first_attempt_at, lease_token, coalesce(CAST(:now AS timestamptz), now())
+    """
+)
+
+# Just before the POST: is the lease still this claim's, with more than :need seconds left on
+# the database's clock? If so the POST is about to happen, and the 24 h idempotency guard
+# starts counting now (the first POST, not the first claim).
+_BEGIN_POST = text(
+    """
+    UPDATE fax_outbox
+    SET first_attempt_at = CASE
+            WHEN lease_expires_at > coalesce(CAST(:now AS timestamptz), now())
+                                    + make_interval(secs => :need)
+            THEN coalesce(first_attempt_at, coalesce(CAST(:now AS timestamptz), now()))
+            ELSE first_attempt_at END
+    WHERE id = :id AND status = 'sending' AND lease_token = :token
+    RETURNING lease_expires_at > coalesce(CAST(:now AS timestamptz), now())
+                                 + make_interval(secs => :need)
+    """
+)
+
+# A 201 that came back on a lost lease, applied to its row if nobody holds it and it is
+# still waiting in `pending` (the rescuer gave it back): it is submitted. The row passes
+# through `sending` under a lease of its own, as every submission does (the status diagram),
+# in one statement. The attempt that the rescue counted was this one: `attempts` catches up.
+_ADOPT_ACCEPTANCE = text(
+    """
+    WITH taken AS (
+        UPDATE fax_outbox
+        SET status = 'sending',
+            lease_owner = :owner,
+            lease_token = gen_random_uuid(),
+            lease_expires_at = coalesce(CAST(:now AS timestamptz), now()) + interval '1 minute',
+            dispatched_at = NULL
+        WHERE id = :id AND status = 'pending' AND lease_token IS NULL
+        RETURNING id, lease_token
+    )
+    SELECT id, lease_token FROM taken
+    """
+)
+_ADOPTED = text(
+    """
+    UPDATE fax_outbox
+    SET status = 'submitted',
+        mintfax_fax_id = :fax_id,
+        mintfax_status = :mintfax_status,
+        submitted_at = coalesce(CAST(:now AS timestamptz), now()),
+        attempts = greatest(attempts, :attempts),
+        last_error = NULL,
+        status_reason = NULL,
+        lease_owner = NULL,
+        lease_token = NULL,
+        lease_expires_at = NULL
+    WHERE id = :id AND status = 'sending' AND lease_token = :token
+    RETURNING id
     """
 )
 
@@ -245,7 +304,7 @@ _RESCUE_EXPIRED = text(
     """
     WITH expired AS (
         SELECT id FROM fax_outbox
-        WHERE status = 'sending' AND lease_expires_at < :now
+        WHERE status = 'sending' AND lease_expires_at < coalesce(CAST(:now AS timestamptz), now())
         ORDER BY lease_expires_at
         LIMIT :limit
         FOR UPDATE SKIP LOCKED
@@ -256,17 +315,21 @@ _RESCUE_EXPIRED = text(
         status_reason = CASE WHEN f.attempts + 1 >= :max_attempts
                              THEN :exhausted_reason ELSE f.status_reason END,
         attempts = f.attempts + 1,
-        next_attempt_at = :now,
+        next_attempt_at = coalesce(CAST(:now AS timestamptz), now()),
         last_error = jsonb_build_object(
             'kind', 'LeaseExpired', 'lease_owner', f.lease_owner,
             'message', 'worker lost its lease; outcome of the attempt unknown'),
         lease_owner = NULL,
-        lease_expires_at = NULL
+        lease_expires_at = NULL,
+        lease_token = NULL
     FROM expired
     WHERE f.id = expired.id
     RETURNING f.id, f.status, f.attempts
     """
 )
+
+
+_NO_TOKEN = uuid.UUID(int=0)  # what no claim ever holds (a ClaimedFax built by hand)
 
 
 @dataclass(frozen=True, slots=True)
@@ -280,16 +343,21 @@ class ClaimedFax:
     filename: str
     retries: int
     attempts: int
-    first_attempt_at: datetime
+    # None until the row's first POST (set by `begin_post`).
+    first_attempt_at: datetime | None
+    # The fencing token of this claim: every later write of it is guarded by the token.
+    lease_token: uuid.UUID = _NO_TOKEN
+    # The database's clock at the claim (the lease runs `lease_seconds` from here).
+    claimed_at: datetime | None = None
 
 
 def dispatch_due(
-    conn: Connection, *, now: datetime, limit: int, redispatch_after: float
+    conn: Connection, *, now: datetime | None, limit: int, redispatch_after: float
 ) -> list[int]:
     """Mark up to `limit` due rows as dispatched and return their ids, oldest due first.
 
     A dispatched row is pushed `redispatch_after` seconds into the future: if its message is
-    lost, it becomes due again then and is published once more.
+    lost, it becomes due again then and is published once more. `now` None: the database's.
     """
     rows = _execute_hot(
         conn, _DISPATCH_DUE, {"now": now, "limit": limit, "redispatch_after": redispatch_after}
@@ -298,12 +366,13 @@ def dispatch_due(
 
 
 def claim_for_submit(
-    conn: Connection, fax_id: int, *, owner: str, now: datetime, lease_seconds: float
+    conn: Connection, fax_id: int, *, owner: str, now: datetime | None, lease_seconds: float
 ) -> ClaimedFax | None:
     """Take the lease on a dispatched pending row, unless the fleet is paused.
 
-    None when the row is not claimable (already claimed through a duplicate message, finished,
-    rescheduled, or the fleet is paused): the caller then does nothing.
+    The lease carries a new fencing token; `owner` is only shown. None when the row is not
+    claimable (already claimed through a duplicate message, finished, rescheduled, or the
+    fleet is paused): the caller then does nothing.
     """
     rows = _execute_hot(
         conn,
@@ -312,7 +381,18 @@ def claim_for_submit(
     )
     if not rows:
         return None
-    row_id, key, to_number, document, filename, retries, attempts, first_attempt_at = rows[0]
+    (
+        row_id,
+        key,
+        to_number,
+        document,
+        filename,
+        retries,
+        attempts,
+        first_attempt_at,
+        token,
+        claimed_at,
+    ) = rows[0]
     return ClaimedFax(
         id=row_id,
         idempotency_key=key,
@@ -322,21 +402,74 @@ def claim_for_submit(
         retries=retries,
         attempts=attempts,
         first_attempt_at=first_attempt_at,
+        lease_token=token,
+        claimed_at=claimed_at,
     )
 
 
-def update_claimed(conn: Connection, fax_id: int, *, owner: str, values: Mapping[str, Any]) -> bool:
-    """Apply `values` to a row only while `owner` still holds its lease; False if it lost it.
+def begin_post(
+    conn: Connection, fax_id: int, *, token: uuid.UUID, now: datetime | None, need: float
+) -> bool | None:
+    """The check just before a POST: None if the lease of `token` is lost; False if it is held
+    with no more than `need` seconds left (too little for the request); True if the POST may
+    go ahead, which starts the row's 24 h idempotency window if this is its first POST."""
+    rows = _execute_hot(conn, _BEGIN_POST, {"id": fax_id, "token": token, "now": now, "need": need})
+    return bool(rows[0][0]) if rows else None
+
+
+def adopt_acceptance(
+    conn: Connection,
+    fax_id: int,
+    *,
+    mintfax_fax_id: str,
+    mintfax_status: str | None,
+    attempts: int,
+    owner: str,
+    now: datetime | None,
+) -> bool:
+    """Record a 201 that came back on a lost lease, if its row waits unleased in `pending`
+    (claimed, then submitted, in the caller's transaction)."""
+    taken = conn.execute(_ADOPT_ACCEPTANCE, {"id": fax_id, "owner": owner, "now": now}).all()
+    if not taken:
+        return False
+    [(_, token)] = taken
+    adopted = conn.execute(
+        _ADOPTED,
+        {
+            "id": fax_id,
+            "token": token,
+            "fax_id": mintfax_fax_id,
+            "mintfax_status": mintfax_status,
+            "attempts": attempts,
+            "now": now,
+        },
+    ).all()
+    return bool(adopted)
+
+
+def log_attempt(conn: Connection, fax_id: int, attempt: Mapping[str, Any]) -> None:
+    """Log an attempt whatever the row's lease (the POST of a lost lease: `lease_lost`)."""
+    conn.execute(
+        insert(fax_attempts).values(
+            fax_id=fax_id, **{name: attempt.get(name) for name in _ATTEMPT_COLUMNS}, lease_lost=True
+        )
+    )
+
+
+def update_claimed(
+    conn: Connection, fax_id: int, *, token: uuid.UUID, values: Mapping[str, Any]
+) -> bool:
+    """Apply `values` to a row only while the claim of `token` holds its lease; False if lost.
 
     Leaving `sending` clears the lease columns, as the lease_iff_sending constraint requires.
     """
-    columns, params = _lease_guarded(fax_id, owner, values)
+    columns, params = _lease_guarded(fax_id, token, values)
     result = conn.execute(_update_claimed_statement(columns), params)
     return result.rowcount == 1
 
 
 def _lease_guarded(
-    fax_id: int, owner: str, values: Mapping[str, Any]
+    fax_id: int, token: uuid.UUID, values: Mapping[str, Any]
 ) -> tuple[tuple[str, ...], dict[str, Any]]:
     """Columns and parameters of a lease-guarded update of `values`.
 
@@ -346,8 +479,9 @@ def _lease_guarded(
     if changes.get("status", FaxStatus.SENDING) != FaxStatus.SENDING:
         changes.setdefault("lease_owner", None)
         changes.setdefault("lease_expires_at", None)
+        changes.setdefault("lease_token", None)
     params = {f"new_{name}": value for name, value in changes.items()}
-    params.update(lease_fax_id=fax_id, lease_holder=owner)
+    params.update(lease_fax_id=fax_id, lease_holder=token)
     return tuple(sorted(changes)), params
 
 
@@ -362,7 +496,7 @@ def _update_claimed_statement(columns: tuple[str, ...]) -> Update:
             c.id == bindparam("lease_fax_id"),
             # A literal, not a bound value: every parameter of these statements is named.
             c.status == literal_column("'sending'"),
-            c.lease_owner == bindparam("lease_holder"),
+            c.lease_token == bindparam("lease_holder", type_=c.lease_token.type),
         )
         .values({name: bindparam(f"new_{name}", type_=c[name].type) for name in columns})
     )
@@ -378,6 +512,7 @@ _ATTEMPT_COLUMNS = (
     "http_status",
     "error",
     "request_id",
+    "mintfax_fax_id",
 )
 
 
@@ -385,15 +520,15 @@ def finish_claimed(
     conn: Connection,
     fax_id: int,
     *,
-    owner: str,
+    token: uuid.UUID,
     values: Mapping[str, Any],
     attempt: Mapping[str, Any],
 ) -> bool:
-    """Apply `values` while `owner` holds the lease and log the attempt, in one statement (one
-    round trip, atomic even in autocommit): the attempt is logged only if the lease was still
-    held. False if it was lost.
+    """Apply `values` while the claim of `token` holds the lease and log the attempt, in one
+    statement (one round trip, atomic even in autocommit): the attempt is logged only if the
+    lease was still held. False if it was lost (then see `log_attempt`).
     """
-    columns, params = _lease_guarded(fax_id, owner, values)
+    columns, params = _lease_guarded(fax_id, token, values)
     params.update({f"attempt_{name}": attempt.get(name) for name in _ATTEMPT_COLUMNS})
     return bool(_execute_hot(conn, _finish_statement(columns), params))
 
@@ -417,7 +552,7 @@ def _finish_statement(columns: tuple[str, ...]) -> ReturningInsert[Any]:
 def rescue_expired_leases(
     conn: Connection,
     *,
-    now: datetime,
+    now: datetime | None,
     max_attempts: int,
     exhausted_status: FaxStatus,
     exhausted_reason: str,
@@ -443,14 +578,14 @@ def rescue_expired_leases(
     return [(row_id, FaxStatus(status), attempts) for row_id, status, attempts in result]
 
 
-def redispatch_waiting(conn: Connection, *, now: datetime) -> int:
+def redispatch_waiting(conn: Connection, *, now: datetime | None) -> int:
     """Make dispatched-but-unclaimed rows due now (after a pause ends, their messages were
     consumed without effect). Returns how many rows."""
     c = fax_outbox.c
     result = conn.execute(
         update(fax_outbox)
         .where(c.status == FaxStatus.PENDING, c.dispatched_at.is_not(None))
-        .values(next_attempt_at=now, dispatched_at=None)
+        .values(next_attempt_at=func.now() if now is None else now, dispatched_at=None)
     )
     return result.rowcount
 
@@ -462,6 +597,12 @@ def next_due_at(conn: Connection) -> datetime | None:
         select(func.min(c.next_attempt_at)).where(c.status == FaxStatus.PENDING)
     ).scalar_one()
     return earliest
+
+
+def database_now(conn: Connection) -> datetime:
+    """The database's clock (what `DatabaseClock` reads)."""
+    moment: datetime = conn.execute(select(func.now())).scalar_one()
+    return moment
 
 
 def fax_row(conn: Connection, fax_id: int) -> Mapping[str, Any] | None:

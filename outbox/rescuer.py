@@ -16,7 +16,7 @@ from sqlalchemy import Engine
 
 from outbox import repository
 from outbox.alerts import Alerter, give_up_alert
-from outbox.clock import Clock
+from outbox.clock import Clock, sql_now
 from outbox.errors import LeaseExpired
 from outbox.models import FaxStatus
 from outbox.retry import attempts_exhausted
@@ -49,7 +49,7 @@ class LeaseRescuer:
             with self._engine.begin() as conn:
                 rescued = repository.rescue_expired_leases(
                     conn,
-                    now=self._clock.now(),
+                    now=sql_now(self._clock),
                     max_attempts=self._max_attempts,
                     exhausted_status=out_of_attempts.status,
                     exhausted_reason=out_of_attempts.reason,

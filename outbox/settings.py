@@ -31,6 +31,12 @@ DEFAULT_MINTFAX_BASE_URL = "https://api.mintfax.com/v1"
 DEFAULT_LEASE_SECONDS = 120
 DEFAULT_MAX_SUBMIT_ATTEMPTS = 5
 DEFAULT_REDISPATCH_SECONDS = 20.0
+DEFAULT_HTTP_TIMEOUT_SECONDS = 30.0
+# The longest throttle wait a worker sleeps while holding a lease (longer: it gives the row back).
+MAX_INLINE_WAIT_SECONDS = 1.0
+# What a lease must hold beyond the request and the inline wait: the claim's and the record's
+# round trips, and the check just before the POST.
+LEASE_MARGIN_SECONDS = 2.0
 
 Environment = Literal["sandbox", "production"]
 
@@ -81,7 +87,10 @@ class Settings(BaseSettings):
         default=DEFAULT_LEASE_SECONDS, ge=5, le=3600, validation_alias="FAXOUT_LEASE_SECONDS"
     )
     http_timeout_seconds: float = Field(
-        default=30.0, gt=0, le=300, validation_alias="FAXOUT_HTTP_TIMEOUT_SECONDS"
+        default=DEFAULT_HTTP_TIMEOUT_SECONDS,
+        gt=0,
+        le=300,
+        validation_alias="FAXOUT_HTTP_TIMEOUT_SECONDS",
     )
     max_submit_attempts: int = Field(
         default=DEFAULT_MAX_SUBMIT_ATTEMPTS,
@@ -124,6 +133,21 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             return tuple(part for part in value.replace(",", " ").split() if part)
         return value
+
+    @model_validator(mode="after")
+    def _lease_outlasts_a_request(self) -> Settings:
+        # A POST must never outlive the lease it is made under (invariant 3): the lease
+        # covers the longest inline throttle wait, the request's timeout and a margin.
+        needed = self.http_timeout_seconds + MAX_INLINE_WAIT_SECONDS + LEASE_MARGIN_SECONDS
+        if self.lease_seconds <= needed:
+            raise ConfigurationError(
+                "FAXOUT_LEASE_SECONDS",
+                f"must exceed FAXOUT_HTTP_TIMEOUT_SECONDS ({self.http_timeout_seconds:g}) plus "
+                f"the longest inline throttle wait ({MAX_INLINE_WAIT_SECONDS:g}) and a margin "
+                f"({LEASE_MARGIN_SECONDS:g}): more than {needed:g} seconds, got "
+                f"{self.lease_seconds}",
+            )
+        return self
 
     @model_validator(mode="after")
     def _one_source_for_the_key(self) -> Settings:

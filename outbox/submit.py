@@ -1,6 +1,12 @@
 """Submit one outbox row to mintfax: the plain function behind the Celery submit task.
 
-    claim (lease) -> check row and key -> pause? -> throttle token -> POST /fax -> record outcome
+    claim (lease) -> check row and key -> pause? -> throttle token -> lease still held? -> POST
+    -> record outcome
+
+The lease is fenced (invariant 3): the claim gets a unique token, every later write is guarded
+by it, and it is re-checked, with enough of it left for the request, just before the POST. A
+POST made on a lease lost meanwhile still has its result recorded (attempt log) and acted on:
+a 402 pauses the fleet, a 201 is applied to its row if that waits unleased, or alerted.
 
 Every outcome is written in one transaction guarded by the lease: the row's new state, the
 attempt log entry, and any pause episode or alert it causes. What a failure means (retry, wait,
@@ -15,7 +21,7 @@ from __future__ import annotations
 import logging
 import random
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Protocol
@@ -25,7 +31,7 @@ from sqlalchemy import Connection, Engine
 
 from outbox import repository
 from outbox.alerts import Alert, Alerter, give_up_alert
-from outbox.clock import Clock
+from outbox.clock import Clock, sql_now
 from outbox.errors import (
     ApiKeyMismatch,
     ConfigurationError,
@@ -39,7 +45,12 @@ from outbox.pause import PauseMirror, pause_in_transaction
 from outbox.redaction import mask_number
 from outbox.repository import ClaimedFax
 from outbox.retry import CoolDown, Decision, GiveUp, PauseFleet, RetryAt, RetryPolicy, decide
-from outbox.settings import DEFAULT_LEASE_SECONDS, Environment
+from outbox.settings import (
+    DEFAULT_HTTP_TIMEOUT_SECONDS,
+    DEFAULT_LEASE_SECONDS,
+    MAX_INLINE_WAIT_SECONDS,
+    Environment,
+)
 from outbox.throttle import ThrottleDecision
 from outbox.validation import check_document, check_number, check_retries
 
@@ -94,8 +105,10 @@ class SubmitContext:
     environment: Environment
     worker_id: str
     lease_seconds: float = DEFAULT_LEASE_SECONDS
+    # The client's timeout: no POST starts with less than this left on its lease.
+    http_timeout: float = DEFAULT_HTTP_TIMEOUT_SECONDS
     policy: RetryPolicy = field(default_factory=RetryPolicy)
-    max_inline_wait: float = 1.0
+    max_inline_wait: float = MAX_INLINE_WAIT_SECONDS
     webhook_url: str | None = None
     sleep: Callable[[float], None] = time.sleep
     monotonic: Callable[[], float] = time.monotonic
@@ -134,20 +147,27 @@ def submit_faxes(ctx: SubmitContext, fax_ids: Sequence[int]) -> list[Outcome]:
 
 
 def _submit(ctx: SubmitContext, conn: Connection, fax_id: int) -> Outcome:
-    now = ctx.clock.now()
+    # The lease ends `lease_seconds` after the claim on the database's clock; measured from
+    # before the claim on this host's monotonic clock, this deadline is never later than that.
+    lease_deadline = ctx.monotonic() + ctx.lease_seconds
     with conn.begin():
         claimed = repository.claim_for_submit(
-            conn, fax_id, owner=ctx.worker_id, now=now, lease_seconds=ctx.lease_seconds
+            conn,
+            fax_id,
+            owner=ctx.worker_id,
+            now=sql_now(ctx.clock),
+            lease_seconds=ctx.lease_seconds,
         )
     if claimed is None:
         return Outcome.NOT_CLAIMED
+    now = claimed.claimed_at or ctx.clock.now()
 
     refusal = _refusal(ctx, claimed, now)
     if refusal is not None:
         return _fail(ctx, conn, claimed, refusal, started=now, duration_ms=0)
 
     try:
-        held = _wait_for_turn(ctx, conn, claimed, now)
+        held = _wait_for_turn(ctx, conn, claimed, lease_deadline)
     except FleetStateUnavailable as exc:
         # Nobody may call mintfax without the throttle. Nothing was attempted, so the row is
         # given back (for as long as the table says) without an attempt in the log.
@@ -158,6 +178,20 @@ def _submit(ctx: SubmitContext, conn: Connection, fax_id: int) -> Outcome:
         return _apply(ctx, conn, claimed, plan_failure(claimed, exc, decision, now), now, 0)
     if held is not None:
         return held
+
+    with conn.begin():
+        may_post = repository.begin_post(
+            conn,
+            claimed.id,
+            token=claimed.lease_token,
+            now=sql_now(ctx.clock),
+            need=ctx.http_timeout,
+        )
+    if may_post is None:  # rescued (and perhaps cancelled) while it waited: not ours to send
+        log.warning("fax %s: lease lost before the POST; not sent", claimed.id)
+        return Outcome.LEASE_LOST
+    if not may_post:  # too little lease left for the request: give it back, unsent
+        return _release(ctx, conn, claimed, ctx.clock.now(), Outcome.THROTTLED)
 
     started, t0 = ctx.clock.now(), ctx.monotonic()
     try:
@@ -171,10 +205,10 @@ def _submit(ctx: SubmitContext, conn: Connection, fax_id: int) -> Outcome:
         )
     except FaxOutboxError as exc:
         duration_ms = max(0, int((ctx.monotonic() - t0) * 1000))
-        return _fail(ctx, conn, claimed, exc, started=started, duration_ms=duration_ms)
+        return _fail(ctx, conn, claimed, exc, started=started, duration_ms=duration_ms, posted=True)
     plan = plan_success(claimed, result, ctx.clock.now())
     duration_ms = max(0, int((ctx.monotonic() - t0) * 1000))
-    return _apply(ctx, conn, claimed, plan, started, duration_ms)
+    return _apply(ctx, conn, claimed, plan, started, duration_ms, posted=True)
 
 
 def _fail(
@@ -185,28 +219,31 @@ def _fail(
     *,
     started: datetime,
     duration_ms: int,
+    posted: bool = False,
 ) -> Outcome:
     now = ctx.clock.now()
     decision = decide(now, claimed.attempts, error, ctx.policy, ctx.rng)
-    return _apply(
-        ctx, conn, claimed, plan_failure(claimed, error, decision, now), started, duration_ms
-    )
+    plan = plan_failure(claimed, error, decision, now)
+    return _apply(ctx, conn, claimed, plan, started, duration_ms, posted=posted)
 
 
 def _wait_for_turn(
-    ctx: SubmitContext, conn: Connection, claimed: ClaimedFax, now: datetime
+    ctx: SubmitContext, conn: Connection, claimed: ClaimedFax, lease_deadline: float
 ) -> Outcome | None:
     """None once a throttle token is held; else the row was given back (paused, throttled).
 
     The throttle's script also reads the pause mirror (its gate), so "paused?" and "my turn?"
-    are one atomic Redis call, asked again after every wait.
+    are one atomic Redis call, asked again after every wait. A wait is slept inline only if
+    the lease (ending at `lease_deadline`, monotonic) still outlasts the request after it.
     """
     while not (decision := ctx.throttle.try_acquire()).granted:
         if decision.reason == "paused":
             return _release(ctx, conn, claimed, ctx.clock.now(), Outcome.PAUSED)
         wait = decision.wait_seconds
-        if wait > ctx.max_inline_wait:
-            return _release(ctx, conn, claimed, now + timedelta(seconds=wait), Outcome.THROTTLED)
+        left_after = lease_deadline - ctx.monotonic() - wait
+        if wait > ctx.max_inline_wait or left_after <= ctx.http_timeout:
+            at = ctx.clock.now() + timedelta(seconds=wait)
+            return _release(ctx, conn, claimed, at, Outcome.THROTTLED)
         ctx.sleep(wait)
     return None
 
@@ -262,8 +299,12 @@ def plan_failure(
 
 def _refusal(ctx: SubmitContext, claimed: ClaimedFax, now: datetime) -> FaxOutboxError | None:
     """Why this row must not be sent now, as the error that says so; None to send it."""
-    if claimed.attempts > 0 and (
-        now - claimed.first_attempt_at > IDEMPOTENCY_WINDOW - IDEMPOTENCY_SAFETY_MARGIN
+    # The window counts from the first POST (a claim given back unsent starts nothing), on
+    # the database's clock (`now` is the claim's).
+    if (
+        claimed.attempts > 0
+        and claimed.first_attempt_at is not None
+        and now - claimed.first_attempt_at > IDEMPOTENCY_WINDOW - IDEMPOTENCY_SAFETY_MARGIN
     ):
         return IdempotencyWindowClosed(claimed.first_attempt_at)
     try:
@@ -307,7 +348,7 @@ def _release(
         kept = repository.update_claimed(
             conn,
             claimed.id,
-            owner=ctx.worker_id,
+            token=claimed.lease_token,
             values={"status": FaxStatus.PENDING, "next_attempt_at": at},
         )
     return outcome if kept else Outcome.LEASE_LOST
@@ -320,7 +361,11 @@ def _apply(
     plan: _Plan,
     started: datetime,
     duration_ms: int,
+    *,
+    posted: bool = False,
 ) -> Outcome:
+    """Record the plan under the claim's lease. If the lease was lost and a POST was made,
+    its result is still logged and acted on (`posted`)."""
     if plan.cooldown is not None:
         # First, so that the rest of the fleet stops before this transaction even commits.
         ctx.throttle.cooldown(plan.cooldown)
@@ -335,21 +380,29 @@ def _apply(
         "http_status": plan.http_status,
         "error": error,
         "request_id": plan.request_id,
+        "mintfax_fax_id": plan.values.get("mintfax_fax_id"),
     }
+    token = claimed.lease_token
     if plan.pause is None and plan.alert is None:
         # The common case: the row's new state and its attempt log in one statement.
         with conn.begin():
             kept = repository.finish_claimed(
-                conn, claimed.id, owner=ctx.worker_id, values=plan.values, attempt=attempt
+                conn, claimed.id, token=token, values=plan.values, attempt=attempt
             )
+        if not kept and posted:
+            return _record_lost_lease_post(ctx, claimed, plan, attempt)
         _log_outcome(claimed, plan, duration_ms)
         return plan.outcome if kept else Outcome.LEASE_LOST
     alert_ids: list[int] = []
     with ctx.engine.begin() as tx:
         kept = repository.finish_claimed(
-            tx, claimed.id, owner=ctx.worker_id, values=plan.values, attempt=attempt
+            tx, claimed.id, token=token, values=plan.values, attempt=attempt
         )
-        if kept:
+        if not kept and posted:
+            repository.log_attempt(tx, claimed.id, attempt)
+        # A 402 (or 401) is about the account, not the row: it pauses the fleet even when it
+        # came back on a lost lease.
+        if kept or posted:
             if plan.pause is not None:
                 _, alert_id = pause_in_transaction(
                     tx,
@@ -360,7 +413,7 @@ def _apply(
                     clock=ctx.clock,
                 )
                 alert_ids += [alert_id] if alert_id else []
-            if plan.alert is not None:
+            if plan.alert is not None and kept:
                 alert_id = ctx.alerter.record(tx, plan.alert)
                 alert_ids += [alert_id] if alert_id else []
     if plan.pause is not None:
@@ -369,6 +422,69 @@ def _apply(
     ctx.alerter.deliver(ctx.engine, alert_ids)
     _log_outcome(claimed, plan, duration_ms)
     return plan.outcome if kept else Outcome.LEASE_LOST
+
+
+def _record_lost_lease_post(
+    ctx: SubmitContext, claimed: ClaimedFax, plan: _Plan, attempt: dict[str, Any]
+) -> Outcome:
+    """A POST whose lease was lost before its result came back: never drop what it learned.
+
+    The attempt goes into the row's history. A 201 is applied to the row if it waits unleased
+    in `pending` (the rescuer gave it back); if another claim holds it, that claim's resend is
+    a replay of this 201; if the row has meanwhile ended otherwise (cancelled, rejected,
+    parked), an alert names the fax mintfax accepted.
+    """
+    fax_id = plan.values.get("mintfax_fax_id")
+    adopted = False
+    alert_ids: list[int] = []
+    with ctx.engine.begin() as tx:
+        repository.log_attempt(tx, claimed.id, attempt)
+        if fax_id is not None:
+            adopted = repository.adopt_acceptance(
+                tx,
+                claimed.id,
+                mintfax_fax_id=fax_id,
+                mintfax_status=plan.values.get("mintfax_status"),
+                attempts=claimed.attempts + 1,
+                owner=ctx.worker_id,
+                now=sql_now(ctx.clock),
+            )
+            row = None if adopted else repository.fax_row(tx, claimed.id)
+            if row is not None and _acceptance_unaccounted(row, fax_id):
+                alert_id = ctx.alerter.record(tx, _orphan_alert(claimed.id, fax_id, row))
+                alert_ids += [alert_id] if alert_id else []
+    ctx.alerter.deliver(ctx.engine, alert_ids)
+    log.warning(
+        "fax %s: lease lost during the POST (%s%s); %s",
+        claimed.id,
+        plan.outcome,
+        f", mintfax fax {fax_id}" if fax_id else "",
+        "applied to the waiting row" if adopted else "logged",
+    )
+    return plan.outcome if adopted else Outcome.LEASE_LOST
+
+
+def _acceptance_unaccounted(row: Mapping[str, Any], fax_id: str) -> bool:
+    """Whether a 201 for `fax_id` on a lost lease leaves a fax at mintfax the row does not
+    know of. Not when another claim holds the row (its resend replays this 201), nor when
+    the row already carries this fax id."""
+    if row["status"] == FaxStatus.SENDING:
+        return False
+    return bool(row["mintfax_fax_id"] != fax_id)
+
+
+def _orphan_alert(fax_id: int, mintfax_fax_id: str, row: Mapping[str, Any]) -> Alert:
+    return Alert(
+        kind="orphan_submission",
+        dedupe_key=f"orphan_submission:fax:{fax_id}:{mintfax_fax_id}",
+        message=(
+            f"fax {fax_id} was accepted by mintfax as {mintfax_fax_id} after its worker lost "
+            f"the lease, but the row is now {row['status']}: check mintfax (cancel it there?)"
+        ),
+        severity="critical",
+        detail={"mintfax_fax_id": mintfax_fax_id, "row_status": str(row["status"])},
+        fax_id=fax_id,
+    )
 
 
 def _log_outcome(claimed: ClaimedFax, plan: _Plan, duration_ms: int) -> None:

@@ -15,14 +15,16 @@ import socket
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from functools import cached_property
 from typing import ClassVar
 
 import redis
 from sqlalchemy import Engine
 
+from outbox import repository
 from outbox.alerts import Alerter
-from outbox.clock import SystemClock
+from outbox.clock import DatabaseClock
 from outbox.db import make_engine
 from outbox.dispatch import Dispatcher, ids_per_message_for
 from outbox.fax_client import MintfaxClient
@@ -90,8 +92,16 @@ class Runtime:
             self.redis.close()
 
     @cached_property
-    def clock(self) -> SystemClock:
-        return SystemClock()
+    def clock(self) -> DatabaseClock:
+        # The database's clock, never this host's: leases, rescue, dispatch, retry times and
+        # the 24 h guard must not depend on which host's wall clock is wrong (invariant 3).
+        engine = self.engine
+
+        def read() -> datetime:
+            with engine.connect() as conn:
+                return repository.database_now(conn)
+
+        return DatabaseClock(read)
 
     @cached_property
     def engine(self) -> Engine:
@@ -150,6 +160,7 @@ class Runtime:
             environment=self.settings.environment,
             worker_id=worker_identity(),
             lease_seconds=self.settings.lease_seconds,
+            http_timeout=self.settings.http_timeout_seconds,
             policy=RetryPolicy(max_attempts=self.settings.max_submit_attempts),
         )
 

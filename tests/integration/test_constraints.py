@@ -137,6 +137,13 @@ def test_lease_exists_exactly_while_sending(conn: psycopg.Connection[Any]) -> No
         status="sending",
         lease_owner="worker-1",  # an owner without an expiry is no lease
     )
+    _refused(
+        conn,
+        "fax_outbox_lease_iff_sending_check",
+        status="sending",
+        lease_owner="worker-1",
+        lease_expires_at="2030-01-01T00:00:00Z",  # a lease without its fencing token is none
+    )
 
 
 def test_accepted_faxes_carry_the_mintfax_id(conn: psycopg.Connection[Any]) -> None:
@@ -266,8 +273,11 @@ STATUSES = [
 TERMINAL = {"delivered", "failed", "rejected", "cancelled"}
 
 # Columns each status needs so that only the transition rule, not a CHECK, decides.
-_SENDING = "lease_owner = 'w1', lease_expires_at = now() + interval '1 minute'"
-_NOT_SENDING = "lease_owner = NULL, lease_expires_at = NULL"
+_SENDING = (
+    "lease_owner = 'w1', lease_expires_at = now() + interval '1 minute', "
+    "lease_token = gen_random_uuid()"
+)
+_NOT_SENDING = "lease_owner = NULL, lease_expires_at = NULL, lease_token = NULL"
 
 
 def _row_in(conn: psycopg.Connection[Any], status: str) -> int:
@@ -278,6 +288,7 @@ def _row_in(conn: psycopg.Connection[Any], status: str) -> int:
         mintfax_fax_id=f"fax-{status}-{_count(conn)}",
         lease_owner="w1" if status == "sending" else None,
         lease_expires_at="2030-01-01T00:00:00Z" if status == "sending" else None,
+        lease_token="7f1c2a52-4b0e-4c55-9d3c-3f0f2d9b6a11" if status == "sending" else None,
     )
     return fax_id
 

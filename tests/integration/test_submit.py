@@ -394,7 +394,11 @@ def test_lost_lease_does_not_overwrite_the_new_owner(harness: Harness) -> None:
     def steal(**kwargs: Any) -> SubmitResult:
         with harness.engine.begin() as conn:
             conn.execute(
-                text("UPDATE fax_outbox SET lease_owner = 'other' WHERE id = :id"), {"id": fax_id}
+                text(
+                    "UPDATE fax_outbox SET lease_owner = 'other', lease_token = gen_random_uuid()"
+                    " WHERE id = :id"
+                ),
+                {"id": fax_id},
             )
         return accepted("fax-x")
 

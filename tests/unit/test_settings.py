@@ -58,10 +58,10 @@ def test_process_environment_is_read_when_no_mapping_is_given(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setenv("FAXOUT_ENVIRONMENT", "production")
-    monkeypatch.setenv("FAXOUT_LEASE_SECONDS", "30")
+    monkeypatch.setenv("FAXOUT_LEASE_SECONDS", "60")
     settings = Settings.from_env()
     assert settings.environment == "production"
-    assert settings.lease_seconds == 30
+    assert settings.lease_seconds == 60
 
 
 def test_empty_values_count_as_unset() -> None:
