@@ -120,6 +120,9 @@ fax_outbox = Table(
     Column("status", fax_status_enum, nullable=False, server_default=text("'pending'")),
     Column("status_reason", Text),
     Column("attempts", Integer, nullable=False, server_default=text("0")),
+    # How many times the row has entered needs_review (a trigger counts): the episode that
+    # its review alert names, so a row parked again after an operator's retry alerts again.
+    Column("review_count", Integer, nullable=False, server_default=text("0")),
     Column("next_attempt_at", DateTime(timezone=True), nullable=False, server_default=_NOW),
     Column("lease_owner", Text),
     Column("lease_expires_at", DateTime(timezone=True)),
@@ -269,7 +272,15 @@ alerts = Table(
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("notified_at", DateTime(timezone=True)),
     Column("notify_error", Text),
+    # Webhook delivery: failed POSTs so far, when the next may be tried (capped exponential
+    # backoff), and until when one process holds the delivery (so no other POSTs it too).
+    Column("delivery_attempts", Integer, nullable=False, server_default=text("0")),
+    Column("next_delivery_at", DateTime(timezone=True)),
+    Column("delivery_claimed_until", DateTime(timezone=True)),
     UniqueConstraint("dedupe_key"),
     CheckConstraint("severity IN ('warning', 'error', 'critical')", name="severity_known"),
+    CheckConstraint("delivery_attempts >= 0", name="delivery_attempts_nonnegative"),
 )
 Index("alerts_created_at_idx", alerts.c.created_at)
+# Alerts not yet delivered to the webhook (few), in delivery order.
+Index("alerts_undelivered_idx", alerts.c.id, postgresql_where=text("notified_at IS NULL"))

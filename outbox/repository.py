@@ -12,7 +12,7 @@ import functools
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from enum import Enum
 from typing import Any
 
@@ -722,13 +722,95 @@ def alerts_to_notify(
     return [dict(row._mapping) for row in conn.execute(statement)]
 
 
-def mark_alert_notified(
-    conn: Connection, alert_id: int, *, now: datetime | None, error: str | None
-) -> None:
-    """Record the outcome of delivering one alert (now=None keeps it pending for a retry)."""
-    conn.execute(
-        update(alerts).where(alerts.c.id == alert_id).values(notified_at=now, notify_error=error)
+# Claims on the database's clock (`now()`, unless a test passes its own `now`), like leases.
+_CLAIM_ALERTS = text(
+    """
+    WITH due AS (
+        SELECT id FROM alerts
+        WHERE notified_at IS NULL
+          AND (CAST(:ids AS bigint[]) IS NULL OR id = ANY(CAST(:ids AS bigint[])))
+          AND (next_delivery_at IS NULL
+               OR next_delivery_at <= coalesce(CAST(:now AS timestamptz), now()))
+          AND (delivery_claimed_until IS NULL
+               OR delivery_claimed_until < coalesce(CAST(:now AS timestamptz), now()))
+        ORDER BY id
+        LIMIT :limit
+        FOR UPDATE SKIP LOCKED
     )
+    UPDATE alerts AS a
+    SET delivery_claimed_until = coalesce(CAST(:now AS timestamptz), now())
+                                 + make_interval(secs => :claim_seconds)
+    FROM due
+    WHERE a.id = due.id
+    RETURNING a.id, a.kind, a.severity, a.message, a.detail, a.fax_id, a.created_at,
+              a.delivery_attempts
+    """
+)
+
+
+def claim_alerts_for_delivery(
+    conn: Connection,
+    *,
+    claim_seconds: float,
+    limit: int,
+    ids: Sequence[int] | None = None,
+    now: datetime | None = None,
+) -> list[Mapping[str, Any]]:
+    """Take up to `limit` undelivered, due alerts (given ids, or the oldest) for delivery.
+
+    One statement: a claimed alert is skipped by every other process until it is delivered,
+    backed off, or its claim ends after `claim_seconds` (the deliverer died), so two processes
+    delivering at once never POST the same alert twice.
+    """
+    result = conn.execute(
+        _CLAIM_ALERTS,
+        {
+            "ids": None if ids is None else list(ids),
+            "now": now,
+            "limit": limit,
+            "claim_seconds": claim_seconds,
+        },
+    )
+    return [dict(row._mapping) for row in result]
+
+
+def finish_alert_delivery(
+    conn: Connection,
+    alert_id: int,
+    *,
+    now: datetime,
+    error: str | None,
+    retry_after: float | None = None,
+) -> None:
+    """Record the outcome of one claimed delivery and release the claim.
+
+    Delivered (`error` None): `notified_at = now`. Failed: one more try counted, and the alert
+    is not due again for `retry_after` seconds (on the database's clock).
+    """
+    a = alerts.c
+    statement = update(alerts).where(a.id == alert_id, a.notified_at.is_(None))
+    if error is None:
+        values: dict[str, Any] = {
+            "notified_at": now,
+            "notify_error": None,
+            "delivery_claimed_until": None,
+        }
+    else:
+        values = {
+            "notify_error": error,
+            "delivery_attempts": a.delivery_attempts + 1,
+            "next_delivery_at": func.now() + timedelta(seconds=retry_after or 0.0),
+            "delivery_claimed_until": None,
+        }
+    conn.execute(statement.values(values))
+
+
+def review_count(conn: Connection, fax_id: int) -> int:
+    """How many times the row has entered needs_review (0 if never, or if it is gone)."""
+    count: int | None = conn.execute(
+        select(fax_outbox.c.review_count).where(fax_outbox.c.id == fax_id)
+    ).scalar_one_or_none()
+    return count or 0
 
 
 def recent_alerts(conn: Connection, limit: int = 20) -> list[Mapping[str, Any]]:
