@@ -9,7 +9,9 @@ reprs, logs and tracebacks (invariant 7).
 from __future__ import annotations
 
 import functools
+import logging
 import os
+import stat
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -24,6 +26,8 @@ from pydantic_settings import (
 )
 
 from outbox.errors import ConfigurationError
+
+log = logging.getLogger("faxout.settings")
 
 DEFAULT_MINTFAX_BASE_URL = "https://api.mintfax.com/v1"
 # The defaults of the knobs below that library code also uses as its own defaults (a
@@ -210,6 +214,7 @@ class Settings(BaseSettings):
             path = self.mintfax_api_key_file
             try:
                 info = path.stat()
+                _warn_if_readable_by_others(path, stat.S_IMODE(info.st_mode))
                 text = _read_key_file(path, info.st_mtime_ns, info.st_size, info.st_ino)
             except OSError as exc:
                 raise ConfigurationError(
@@ -233,6 +238,23 @@ def environment_from_env(environ: Mapping[str, str] | None = None) -> Environmen
     source = os.environ if environ is None else environ
     name = "FAXOUT_ENVIRONMENT"
     return Settings.from_env({name: source[name]} if name in source else {}).environment
+
+
+def _warn_if_readable_by_others(path: Path, mode: int) -> None:
+    if mode & (stat.S_IRGRP | stat.S_IROTH):
+        _warn_key_file_mode(path, mode)
+
+
+@functools.cache
+def _warn_key_file_mode(path: Path, mode: int) -> None:
+    # Once per file and mode: the file is looked at before every fax. Names the file, never
+    # what it holds.
+    log.warning(
+        "MINTFAX_API_KEY_FILE %s is readable by group or others (mode %s); "
+        "the API key should be readable by its owner only (chmod 600)",
+        path,
+        oct(mode),
+    )
 
 
 @functools.lru_cache(maxsize=4)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
@@ -41,3 +42,38 @@ def test_a_missing_or_empty_key_file_is_a_clear_configuration_error(
     with pytest.raises(ConfigurationError) as caught:
         settings.api_key()
     assert str(caught.value).startswith(f"MINTFAX_API_KEY_FILE {reason}")
+
+
+def test_a_key_file_readable_by_others_is_warned_about_once_per_mode(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    secret = "fx_live_exposed-key-4711"
+    key_file = tmp_path / "mintfax.key"
+    key_file.write_text(secret)
+    key_file.chmod(0o644)
+    settings = Settings.from_env({"MINTFAX_API_KEY_FILE": str(key_file)})
+    with caplog.at_level(logging.DEBUG):
+        for _ in range(3):  # read before every fax: warned once, not three times
+            assert settings.api_key().get_secret_value() == secret
+        key_file.chmod(0o640)  # still readable by the group: a new mode, one more warning
+        settings.api_key()
+        key_file.chmod(0o600)  # fixed: quiet
+        settings.api_key()
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert [r.getMessage().split(" is ")[0] for r in warnings] == [
+        f"MINTFAX_API_KEY_FILE {key_file}"
+    ] * 2
+    assert "0o644" in warnings[0].getMessage() and "0o640" in warnings[1].getMessage()
+    for record in caplog.records:
+        assert secret not in record.getMessage() and secret not in repr(record.__dict__)
+
+
+def test_a_key_file_only_its_owner_can_read_is_not_warned_about(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    key_file = tmp_path / "mintfax.key"
+    key_file.write_text("fx_live_private-key")
+    key_file.chmod(0o600)
+    with caplog.at_level(logging.DEBUG):
+        Settings.from_env({"MINTFAX_API_KEY_FILE": str(key_file)}).api_key()
+    assert [r for r in caplog.records if r.levelno >= logging.WARNING] == []
