@@ -25,7 +25,15 @@ from outbox.settings import Settings
 from workers.runtime import Runtime
 
 QUEUE = "faxout"
+# Beat's maintenance tasks have a queue of their own: behind a backlog of submit messages they
+# would wait past their `expires` and be dropped unrun (no rescue, no pause sync, no alert
+# retries) exactly when the fleet is busiest. Workers consume both (`-Q faxout,faxout.maintenance`).
+MAINTENANCE_QUEUE = "faxout.maintenance"
 SUBMIT_TASK = "faxout.submit_fax"
+RESCUE_TASK = "faxout.rescue_expired_leases"
+SYNC_PAUSE_MIRROR_TASK = "faxout.sync_pause_mirror"
+DELIVER_ALERTS_TASK = "faxout.deliver_pending_alerts"
+MAINTENANCE_TASKS = (RESCUE_TASK, SYNC_PAUSE_MIRROR_TASK, DELIVER_ALERTS_TASK)
 
 app = Celery("faxout", include=["workers.tasks"])
 
@@ -60,6 +68,7 @@ def configure(settings: Settings) -> None:
         worker_prefetch_multiplier=1,
         task_default_queue=QUEUE,
         task_create_missing_queues=True,
+        task_routes={name: {"queue": MAINTENANCE_QUEUE} for name in MAINTENANCE_TASKS},
         # Task events (sent, received, started, succeeded) feed Flower; FAXOUT_TASK_EVENTS=false
         # turns them off where nobody watches. One Redis PUBLISH each, per message.
         worker_send_task_events=settings.task_events,
@@ -69,19 +78,19 @@ def configure(settings: Settings) -> None:
         enable_utc=True,
         beat_schedule={
             "rescue-expired-leases": {
-                "task": "faxout.rescue_expired_leases",
+                "task": RESCUE_TASK,
                 "schedule": LeaseRescuer.interval,
-                "options": {"queue": QUEUE, "expires": 30},
+                "options": {"queue": MAINTENANCE_QUEUE, "expires": 30},
             },
             "sync-pause-mirror": {
-                "task": "faxout.sync_pause_mirror",
+                "task": SYNC_PAUSE_MIRROR_TASK,
                 "schedule": FleetControl.sync_interval,
-                "options": {"queue": QUEUE, "expires": 30},
+                "options": {"queue": MAINTENANCE_QUEUE, "expires": 30},
             },
             "deliver-pending-alerts": {
-                "task": "faxout.deliver_pending_alerts",
+                "task": DELIVER_ALERTS_TASK,
                 "schedule": Alerter.retry_interval,
-                "options": {"queue": QUEUE, "expires": 120},
+                "options": {"queue": MAINTENANCE_QUEUE, "expires": 120},
             },
         },
     )

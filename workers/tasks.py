@@ -5,7 +5,13 @@ from __future__ import annotations
 from collections import Counter
 
 from outbox.submit import submit_faxes
-from workers.app import SUBMIT_TASK, app
+from workers.app import (
+    DELIVER_ALERTS_TASK,
+    RESCUE_TASK,
+    SUBMIT_TASK,
+    SYNC_PAUSE_MIRROR_TASK,
+    app,
+)
 from workers.runtime import Runtime
 
 
@@ -21,19 +27,19 @@ def submit_fax(fax_ids: list[int] | int) -> str:
     return ", ".join(f"{outcome}={count}" for outcome, count in sorted(outcomes.items()))
 
 
-@app.task(name="faxout.rescue_expired_leases", ignore_result=True)
+@app.task(name=RESCUE_TASK, ignore_result=True)
 def rescue_expired_leases() -> int:
     """Return rows of vanished workers to pending."""
     return Runtime.get().rescuer.run_once()
 
 
-@app.task(name="faxout.sync_pause_mirror", ignore_result=True)
+@app.task(name=SYNC_PAUSE_MIRROR_TASK, ignore_result=True)
 def sync_pause_mirror() -> int:
     """Copy open fleet pauses from Postgres to Redis (heals a flushed Redis)."""
     return len(Runtime.get().fleet.sync_mirror())
 
 
-@app.task(name="faxout.deliver_pending_alerts", ignore_result=True)
+@app.task(name=DELIVER_ALERTS_TASK, ignore_result=True)
 def deliver_pending_alerts() -> int:
     """Retry alert webhook deliveries that failed."""
     runtime = Runtime.get()

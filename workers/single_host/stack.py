@@ -19,7 +19,7 @@ from pathlib import Path
 
 import httpx
 
-from workers.app import QUEUE
+from workers.app import MAINTENANCE_QUEUE, QUEUE
 from workers.single_host.embedded import free_port
 
 # Variables of the calling shell that must not leak into a fleet started for a demo, a test or
@@ -87,8 +87,14 @@ class Stack:
         """Start a relay process."""
         self._spawn(name, [sys.executable, "-m", "workers.cli", "relay"])
 
-    def start_worker(self, name: str = "worker", concurrency: int = 2) -> None:
-        """Start a Celery worker (prefork pool of `concurrency` processes)."""
+    def start_worker(
+        self,
+        name: str = "worker",
+        concurrency: int = 2,
+        queues: tuple[str, ...] = (QUEUE, MAINTENANCE_QUEUE),
+    ) -> None:
+        """Start a Celery worker (prefork pool of `concurrency` processes) consuming `queues`
+        (by default submits and beat's maintenance tasks)."""
         self._spawn(
             name,
             [
@@ -99,7 +105,7 @@ class Stack:
                 "workers.app",
                 "worker",
                 "-Q",
-                QUEUE,
+                ",".join(queues),
                 "-c",
                 str(concurrency),
                 "-P",
