@@ -29,7 +29,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import re
 import time
 from collections.abc import Callable, Generator, Mapping, Sequence
 from dataclasses import dataclass
@@ -56,6 +55,7 @@ from outbox.errors import (
     TransportError,
 )
 from outbox.filetypes import FileType, type_for_name
+from outbox.keys import api_key_problem, idempotency_key_problem
 from outbox.redaction import mask_number, mask_secret
 from outbox.retry import RetryPolicy, parse_retry_after
 
@@ -82,8 +82,6 @@ _REPLAY_HEADERS = (
     "x-idempotency-replay",
 )
 _TRUTHY = frozenset({"true", "1", "yes"})
-_MAX_IDEMPOTENCY_KEY = 255
-_HEADER_SAFE = re.compile(r"[\x21-\x7e]+")  # visible ASCII, no spaces or control characters
 _BODY_EXCERPT_CHARS = 200
 # Keys an API could plausibly echo in a listing; never handed to callers that print listings.
 _SECRET_FIELDS = frozenset({"signing_secret", "secret"})
@@ -198,10 +196,9 @@ class MintfaxClient:
         makes a retry after an unknown outcome a replay instead of a second fax. `retries` is
         mintfax's own carrier retry count (0-10), unrelated to our submission attempts.
         """
-        if not idempotency_key or len(idempotency_key) > _MAX_IDEMPOTENCY_KEY:
-            raise ValueError("idempotency_key must be 1-255 characters")
-        if not _HEADER_SAFE.fullmatch(idempotency_key):
-            raise ValueError("idempotency_key must be visible ASCII without spaces")
+        key_problem = idempotency_key_problem(idempotency_key)
+        if key_problem is not None:
+            raise ValueError(f"idempotency_key {key_problem}")
         fields = {"to": to, "retries": str(retries)}
         if webhook_url is not None:
             fields["webhook_url"] = webhook_url
@@ -313,10 +310,9 @@ class MintfaxClient:
         key = self._key_provider()
         if isinstance(key, str):  # a plain str from a lax callable still works, still hidden
             key = SecretStr(key)
-        if not _HEADER_SAFE.fullmatch(key.get_secret_value()):
-            raise ConfigurationError(
-                "MINTFAX_API_KEY", "is empty or holds characters not allowed in a header"
-            )
+        problem = api_key_problem(key.get_secret_value())
+        if problem is not None:
+            raise ConfigurationError("MINTFAX_API_KEY", problem)
         return key
 
     def _scrub(self, text: str) -> str:

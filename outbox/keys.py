@@ -4,16 +4,32 @@ The key is the lowercase hex SHA-256 of the canonical string
 
     "faxout:v1" LF to_number LF hex(sha256(document)) LF reference
 
-encoded as UTF-8, where LF is a single newline (0x0A), `to_number` is E.164 and `reference` is
-the caller's own reference, verbatim. The database's insert trigger computes the same value for
-rows inserted by plain SQL without a key, so both paths dedupe against each other.
+encoded as UTF-8, where LF is a single newline (0x0A), `to_number` is the canonical E.164
+number exactly as stored and sent (the helper refuses any other spelling rather than rewriting
+it) and `reference` is the caller's own reference, verbatim. The database's insert trigger
+computes the same value for rows inserted by plain SQL without a key, so both paths dedupe
+against each other.
+
+This module also holds the one definition of a valid key of each kind (invariant 8): an
+idempotency key (`idempotency_key_problem`, used by the helper's validation and the client;
+the database's CHECK `fax_outbox_idempotency_key_header_safe_check` is `HEADER_VALUE_SQL`) and
+an API key (`api_key_problem`, used by settings and the client). Both travel as HTTP header
+values, so both are visible ASCII without spaces or control characters.
 """
 
 from __future__ import annotations
 
 import hashlib
+import re
 
 KEY_SCHEME = "faxout:v1"
+
+MAX_IDEMPOTENCY_KEY_CHARS = 255  # mintfax's limit for the Idempotency-Key header
+# A header value: visible ASCII (0x21-0x7E), so no space, no control character, no non-ASCII.
+HEADER_VALUE = re.compile(r"[\x21-\x7e]+")
+# The same characters in Postgres's regex dialect, for the CHECK on fax_outbox.idempotency_key
+# (its length, 1-255, is the CHECK fax_outbox_idempotency_key_length_check).
+HEADER_VALUE_SQL = r"^[\x21-\x7e]*$"
 
 
 def document_sha256(document: bytes) -> str:
@@ -25,3 +41,27 @@ def derive_idempotency_key(to_number: str, document_fingerprint: str, reference:
     """The idempotency key of a fax intent; identical to the database trigger's value."""
     canonical = "\n".join((KEY_SCHEME, to_number, document_fingerprint, reference))
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
+def idempotency_key_problem(key: str) -> str | None:
+    """Why `key` cannot be an idempotency key, or None; the reason never quotes the key."""
+    if not key:
+        return "must not be empty"
+    if len(key) > MAX_IDEMPOTENCY_KEY_CHARS:
+        return f"is longer than {MAX_IDEMPOTENCY_KEY_CHARS} characters"
+    if not HEADER_VALUE.fullmatch(key):
+        return "must be visible ASCII without spaces or control characters (it is an HTTP header)"
+    return None
+
+
+def api_key_problem(key: str) -> str | None:
+    """Why `key` cannot be sent as the API key, or None; the reason never quotes the key.
+
+    Settings strip the whitespace around a key (a key file ends with a newline) before asking;
+    the client asks about exactly what it is about to send.
+    """
+    if not key:
+        return "is empty"
+    if not HEADER_VALUE.fullmatch(key):
+        return "holds whitespace or control characters (a key is visible ASCII only)"
+    return None

@@ -37,6 +37,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import JSONB, UUID
 
+from outbox.keys import HEADER_VALUE_SQL
+
 
 class FaxStatus(StrEnum):
     """Public contract: the statuses of a row in `fax_outbox`."""
@@ -104,6 +106,19 @@ fax_status_enum = Enum(
 
 _NOW = text("now()")
 
+# What an INSERT into fax_outbox may set (README "Writing a fax"); the insert trigger refuses
+# any other column that is not at its default (migration 0005). `document_sha256` is derived:
+# the trigger computes it whatever the insert says.
+INSERT_COLUMNS = (
+    "to_number",
+    "document",
+    "filename",
+    "reference",
+    "retries",
+    "metadata",
+    "idempotency_key",
+)
+
 fax_outbox = Table(
     "fax_outbox",
     metadata,
@@ -152,6 +167,8 @@ fax_outbox = Table(
     CheckConstraint(
         "char_length(idempotency_key) BETWEEN 1 AND 255", name="idempotency_key_length"
     ),
+    # The one definition of a valid key (outbox.keys), which the helper and the client share.
+    CheckConstraint(f"idempotency_key ~ '{HEADER_VALUE_SQL}'", name="idempotency_key_header_safe"),
     CheckConstraint("retries BETWEEN 0 AND 10", name="retries_range"),
     CheckConstraint("attempts >= 0", name="attempts_nonnegative"),
     CheckConstraint("jsonb_typeof(metadata) = 'object'", name="metadata_object"),

@@ -26,6 +26,7 @@ from pydantic_settings import (
 )
 
 from outbox.errors import ConfigurationError
+from outbox.keys import api_key_problem
 
 log = logging.getLogger("faxout.settings")
 
@@ -153,6 +154,18 @@ class Settings(BaseSettings):
             )
         return self
 
+    @field_validator("mintfax_api_key", mode="before")
+    @classmethod
+    def _clean_api_key(cls, value: Any) -> Any:
+        # The same rule as a key file's: surrounding whitespace (a trailing newline from a
+        # secrets mount or `echo`) is not part of the key; anything else the client could not
+        # send is refused here, naming the variable and never quoting the value.
+        if isinstance(value, SecretStr):
+            value = value.get_secret_value()
+        if isinstance(value, str):
+            return SecretStr(_clean_api_key(value, "MINTFAX_API_KEY"))
+        return value
+
     @model_validator(mode="after")
     def _one_source_for_the_key(self) -> Settings:
         if self.mintfax_api_key is not None and self.mintfax_api_key_file is not None:
@@ -220,9 +233,7 @@ class Settings(BaseSettings):
                 raise ConfigurationError(
                     "MINTFAX_API_KEY_FILE", f"cannot be read ({exc.strerror})"
                 ) from None
-            if not text:
-                raise ConfigurationError("MINTFAX_API_KEY_FILE", "is empty")
-            return SecretStr(text)
+            return SecretStr(_clean_api_key(text, "MINTFAX_API_KEY_FILE"))
         if self.mintfax_api_key is None:
             raise ConfigurationError("MINTFAX_API_KEY", "is not set (nor MINTFAX_API_KEY_FILE)")
         return self.mintfax_api_key
@@ -260,7 +271,22 @@ def _warn_key_file_mode(path: Path, mode: int) -> None:
 @functools.lru_cache(maxsize=4)
 def _read_key_file(path: Path, mtime_ns: int, size: int, inode: int) -> str:
     # Keyed by what the file is now: a replaced or rewritten file is a new cache entry.
-    return path.read_text(encoding="utf-8").strip()
+    return path.read_text(encoding="utf-8")
+
+
+def _clean_api_key(text: str, variable: str) -> str:
+    """The API key in `text` (from `variable`), without the whitespace around it.
+
+    Raises `ConfigurationError` naming `variable` (never the value) when what remains is empty
+    or is not something the client may send (`outbox.keys.api_key_problem`).
+    """
+    key = text.strip()
+    if not key:
+        raise ConfigurationError(variable, "is empty")
+    problem = api_key_problem(key)
+    if problem is not None:
+        raise ConfigurationError(variable, problem)
+    return key
 
 
 def mask_url_password(url: str) -> str:

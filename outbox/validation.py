@@ -15,12 +15,12 @@ import phonenumbers
 
 from outbox.errors import FieldError, ValidationFailed
 from outbox.filetypes import FileType, name_matches, sniff, type_for_name
+from outbox.keys import idempotency_key_problem
 from outbox.settings import Environment
 
 MAX_DOCUMENT_BYTES = 10 * 1024 * 1024
 MAX_REFERENCE_CHARS = 255
 MAX_FILENAME_CHARS = 255
-MAX_IDEMPOTENCY_KEY_CHARS = 255
 MIN_RETRIES, MAX_RETRIES = 0, 10
 
 # mintfax's own pattern for `to` (also a CHECK constraint on fax_outbox.to_number).
@@ -37,7 +37,7 @@ _NUMBER_CHARS = re.compile(r"\+[0-9 ()./-]+")
 
 @dataclass(frozen=True, slots=True)
 class ValidIntent:
-    """A fax intent that passed validation; `to_number` is normalised to E.164."""
+    """A fax intent that passed validation; `to_number` is canonical E.164, as given."""
 
     to_number: str
     document: bytes
@@ -48,10 +48,21 @@ class ValidIntent:
 
 
 def check_number(to: str, environment: Environment) -> tuple[str | None, list[FieldError]]:
-    """Normalise `to` to E.164 and judge it; returns (number or None, errors)."""
+    """Judge `to`, which must be a number in canonical E.164 form; returns (number or None, errors).
+
+    The number is never rewritten: it is stored, hashed into the idempotency key and sent
+    exactly as written, which is what the database's insert trigger does with a plain-SQL row.
+    A number that means a valid one but is spelled otherwise (spaces, a national trunk prefix
+    such as +44 0...) is refused, naming the canonical form.
+    """
     if not isinstance(to, str) or not to.strip():
         return None, [FieldError("to", "is required (an E.164 number such as +12125550123)")]
     number, errors = _judge_number(to.strip(), environment)
+    if number is not None and number != to:
+        shown = to if to.isprintable() and to == to.strip() else repr(to)
+        return None, [
+            FieldError("to", f"{shown} is not in canonical E.164 form; did you mean {number}?")
+        ]
     return number, list(errors)
 
 
@@ -198,16 +209,13 @@ def check_retries(retries: int) -> list[FieldError]:
 
 
 def check_idempotency_key(key: str | None) -> list[FieldError]:
-    """A caller-chosen key: 1 to 255 printable characters (mintfax's header limit)."""
+    """A caller-chosen key: what `outbox.keys.idempotency_key_problem` (and the client) accept."""
     if key is None:
         return []
     if not isinstance(key, str) or not key:
         return [FieldError("idempotency_key", "must be a non-empty string")]
-    if len(key) > MAX_IDEMPOTENCY_KEY_CHARS:
-        return [FieldError("idempotency_key", "is longer than 255 characters")]
-    if not key.isascii() or not key.isprintable():
-        return [FieldError("idempotency_key", "must be printable ASCII (it is an HTTP header)")]
-    return []
+    problem = idempotency_key_problem(key)
+    return [FieldError("idempotency_key", problem)] if problem else []
 
 
 def validate_intent(

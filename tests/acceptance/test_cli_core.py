@@ -89,7 +89,7 @@ def test_commands_on_an_unmigrated_database_say_what_to_do(
 
 
 def test_enqueue_prints_id_key_created_and_is_idempotent(database_url: str, pdf_file: Path) -> None:
-    args = ("enqueue", "--to", "+1 212 736 5000", "--file", str(pdf_file), "--reference", "cli-1")
+    args = ("enqueue", "--to", TO, "--file", str(pdf_file), "--reference", "cli-1")
     first = _faxout(*args, "--retries", "0", database_url=database_url)
     assert first.returncode == 0, first.stderr
     key = derive_idempotency_key(TO, document_sha256(pdf_file.read_bytes()), "cli-1")

@@ -51,9 +51,7 @@ def _enqueue(conn: Connection | Session, **changes: Any) -> EnqueueResult:
 
 def test_enqueue_returns_id_key_and_created_and_stores_the_intent(engine: Engine) -> None:
     with engine.begin() as conn:
-        result = _enqueue(
-            conn, to="+1 (212) 736-5000", retries=5, metadata={"patient": "p-1", "n": 2}
-        )
+        result = _enqueue(conn, retries=5, metadata={"patient": "p-1", "n": 2})
     assert result.created is True
     assert result.id > 0
     assert result.idempotency_key == derive_idempotency_key(TO, document_sha256(DOC), "order-1")
@@ -84,11 +82,46 @@ def test_same_intent_twice_returns_the_same_row(engine: Engine) -> None:
         first = _enqueue(conn)
         again_same_tx = _enqueue(conn)
     with engine.begin() as conn:
-        again_later = _enqueue(conn, to="+1 212 736 5000")  # same number, written differently
+        again_later = _enqueue(conn)
     assert first.created is True
     assert again_same_tx == EnqueueResult(first.id, first.idempotency_key, created=False)
     assert again_later == EnqueueResult(first.id, first.idempotency_key, created=False)
     assert _count(engine) == 1
+
+
+@pytest.mark.parametrize(
+    ("written", "canonical"),
+    [("+4402071234567", "+442071234567"), ("+1 212 736 5000", TO), (f" {TO}", TO)],
+)
+def test_a_number_not_in_canonical_form_is_refused_not_rewritten(
+    engine: Engine, written: str, canonical: str
+) -> None:
+    # Issue 8, item 5: the helper used to store (and key) the canonical form while a plain-SQL
+    # insert of the same intent keyed the string as written: two rows, two faxes.
+    with engine.begin() as conn, pytest.raises(ValidationFailed) as caught:
+        _enqueue(conn, to=written)
+    [error] = caught.value.errors
+    assert error.field == "to"
+    assert error.reason.endswith(f"is not in canonical E.164 form; did you mean {canonical}?")
+    assert _count(engine) == 0
+
+
+def test_the_uk_trunk_prefix_message_is_the_documented_one(engine: Engine) -> None:
+    with engine.begin() as conn, pytest.raises(ValidationFailed) as caught:
+        _enqueue(conn, to="+4402071234567")
+    assert str(caught.value.errors[0]) == (
+        "to: +4402071234567 is not in canonical E.164 form; did you mean +442071234567?"
+    )
+
+
+@pytest.mark.parametrize("key", ["my key", "my-key\n", "tab\tkey"])
+def test_a_caller_key_the_client_could_not_send_is_refused(engine: Engine, key: str) -> None:
+    # Issue 8, item 2: validation took any printable ASCII, so a key with a space was stored,
+    # and the client then refused it on every attempt.
+    with engine.begin() as conn, pytest.raises(ValidationFailed) as caught:
+        _enqueue(conn, idempotency_key=key)
+    assert [e.field for e in caught.value.errors] == ["idempotency_key"]
+    assert _count(engine) == 0
 
 
 def test_a_different_reference_is_a_different_fax(engine: Engine) -> None:
@@ -148,7 +181,7 @@ def test_bulk_results_in_input_order_with_duplicates_inside_the_batch(engine: En
     intents = [
         FaxIntent(to=TO, document=DOC, filename="a.pdf", reference="b-1"),
         FaxIntent(to=TO, document=DOC, filename="a.pdf", reference="stored-before"),
-        FaxIntent(to="+1 212 736 5000", document=DOC, filename="a.pdf", reference="b-1"),
+        FaxIntent(to=TO, document=DOC, filename="b.pdf", reference="b-1"),  # name: not the key
         FaxIntent(to=TO, document=files.png(), filename="scan.png", reference="b-2", retries=0),
         FaxIntent(to=TO, document=DOC, filename="a.pdf", reference="b-1"),
     ]

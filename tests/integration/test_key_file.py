@@ -31,7 +31,17 @@ def test_a_rotated_key_file_is_picked_up_without_a_restart(tmp_path: Path) -> No
     assert "third" not in repr(settings.api_key()) and "third" not in repr(settings)
 
 
-@pytest.mark.parametrize(("content", "reason"), [(None, "cannot be read"), ("  \n", "is empty")])
+@pytest.mark.parametrize(
+    ("content", "reason"),
+    [
+        (None, "cannot be read"),
+        ("  \n", "is empty"),
+        # Whitespace around the key is a file's ending, not the key; inside, the client could
+        # not send it (issue 8, item 2): refused naming the variable, never quoting the key.
+        ("fx_live_one two\n", "holds whitespace or control characters"),
+        ("fx_live_one\ttwo", "holds whitespace or control characters"),
+    ],
+)
 def test_a_missing_or_empty_key_file_is_a_clear_configuration_error(
     tmp_path: Path, content: str | None, reason: str
 ) -> None:
@@ -42,6 +52,7 @@ def test_a_missing_or_empty_key_file_is_a_clear_configuration_error(
     with pytest.raises(ConfigurationError) as caught:
         settings.api_key()
     assert str(caught.value).startswith(f"MINTFAX_API_KEY_FILE {reason}")
+    assert "fx_live" not in str(caught.value)
 
 
 def test_a_key_file_readable_by_others_is_warned_about_once_per_mode(

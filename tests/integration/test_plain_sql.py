@@ -11,7 +11,7 @@ import psycopg
 import pytest
 from sqlalchemy import Engine
 
-from outbox import derive_idempotency_key, document_sha256, enqueue_fax
+from outbox import ValidationFailed, derive_idempotency_key, document_sha256, enqueue_fax
 from outbox.models import NOTIFY_CHANNEL
 from tests import fixtures_files as files
 
@@ -78,7 +78,7 @@ def test_plain_insert_and_helper_dedupe_against_each_other(
     with engine.begin() as conn:
         result = enqueue_fax(
             conn,
-            to="+1 212 736 5000",
+            to="+12127365000",
             document=DOC,
             filename="letter.pdf",
             reference="order-7",
@@ -93,6 +93,60 @@ def test_plain_insert_of_a_bad_number_is_refused_with_the_constraint_name(
     done = _psql(database_url, _minimal_insert("+1 212 736 5000", DOC, "order-9"))
     assert done.returncode != 0
     assert "fax_outbox_to_number_e164_check" in done.stderr
+
+
+def test_a_plain_insert_cannot_set_the_columns_the_system_owns(database_url: str) -> None:
+    # Issue 8, item 7: the trigger refuses them (naming each) instead of trusting them.
+    sql = (
+        "INSERT INTO fax_outbox (to_number, document, filename, reference, status,"
+        " mintfax_fax_id, attempts) VALUES ('+12127365000', "
+        f"'\\x{DOC.hex()}'::bytea, 'letter.pdf', 'sneaky', 'submitted', 'fax_1', 2)"
+    )
+    done = _psql(database_url, sql)
+    assert done.returncode != 0
+    assert (
+        "fax_outbox: status, attempts, mintfax_fax_id are set by the system, not by an insert"
+        in done.stderr
+    )
+    assert "An insert sets to_number, document, filename and reference" in done.stderr
+    count = _psql(database_url, "SELECT count(*) FROM fax_outbox")
+    assert count.stdout.strip() == "0"
+
+
+def test_a_plain_insert_with_a_key_the_client_could_not_send_is_refused(
+    database_url: str,
+) -> None:
+    sql = (
+        "INSERT INTO fax_outbox (to_number, document, filename, reference, idempotency_key)"
+        f" VALUES ('+12127365000', '\\x{DOC.hex()}'::bytea, 'letter.pdf', 'k', 'my key')"
+    )
+    done = _psql(database_url, sql)
+    assert done.returncode != 0
+    assert "fax_outbox_idempotency_key_header_safe_check" in done.stderr
+
+
+def test_a_non_canonical_number_is_stored_and_keyed_as_written_and_the_helper_refuses_it(
+    database_url: str, engine: Engine
+) -> None:
+    # The database cannot tell +44 0... from a canonical number (that needs numbering plans),
+    # so it keys and stores the string as written, exactly as the helper would: never another
+    # string. The helper refuses that spelling, and the worker rejects the row before sending.
+    done = _psql(database_url, _minimal_insert("+4402071234567", DOC, "uk-1"))
+    assert done.returncode == 0, done.stderr
+    key = done.stdout.strip().splitlines()[0].split("|")[1]
+    assert key == derive_idempotency_key("+4402071234567", document_sha256(DOC), "uk-1")
+    stored = _psql(database_url, "SELECT to_number FROM fax_outbox")
+    assert stored.stdout.strip() == "+4402071234567"
+    with engine.begin() as conn, pytest.raises(ValidationFailed) as caught:
+        enqueue_fax(
+            conn,
+            to="+4402071234567",
+            document=DOC,
+            filename="letter.pdf",
+            reference="uk-1",
+            environment="sandbox",
+        )
+    assert "did you mean +442071234567?" in str(caught.value)
 
 
 def _wait_for_notification(listener: psycopg.Connection[Any], timeout: float) -> list[str]:

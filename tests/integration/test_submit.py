@@ -519,3 +519,24 @@ def test_autocommit_fast_path_records_the_same_outcomes(harness: Harness) -> Non
     assert [a["http_status"] for a in harness.attempts(retried)] == [503]
     assert harness.attempts(retried)[0]["error"]["kind"] == "ServerError"
     assert harness.row(throttled)["status"] == "pending"
+
+
+def test_non_canonical_number_from_plain_sql_is_rejected_without_calling_mintfax(
+    harness: Harness,
+) -> None:
+    # Issue 8, item 5: the database keyed "+4402071234567" as written while the worker checked
+    # (and would have sent) that raw string; the helper keyed "+442071234567". Now the worker
+    # refuses what the helper refuses, naming the canonical form, before any call.
+    fax_id = _insert_plain(
+        harness.engine, to_number="+4402071234567", document=PDF, filename="a.pdf", reference="uk"
+    )
+    harness.dispatch()
+    assert harness.submit(fax_id) is Outcome.REJECTED_LOCALLY
+    row = harness.row(fax_id)
+    assert row["status"] == "rejected" and row["status_reason"] == "invalid_to"
+    assert row["last_error"]["context"] == {
+        "errors": {
+            "to": ["+4402071234567 is not in canonical E.164 form; did you mean +442071234567?"]
+        }
+    }
+    assert harness.sender.calls == []
