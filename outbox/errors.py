@@ -8,9 +8,14 @@
     ├── IdempotencyWindowClosed         an unknown outcome outlived mintfax's 24 h key window
     ├── LeaseExpired                    retryable: a worker died mid-send; outcome unknown
     ├── FleetStateUnavailable           retryable: Redis (throttle, pause mirror) unreachable
+    ├── UnexpectedError                 a bug in the send path; the outcome is unknown
     └── MintfaxError                    anything the mintfax API said or failed to say
-        ├── TransportError              retryable: connect/read failures, timeouts, resets
+        ├── TransportError              retryable: timeouts, resets, unreadable 2xx (the
+        │   │                           request may have reached mintfax: outcome unknown)
+        │   └── ConnectFailed           retryable: no connection, so nothing was sent
         ├── ServerError                 retryable: 500, 503 (and other 5xx)
+        ├── UnexpectedResponse          a 3xx/4xx without mintfax's error envelope: a wrong
+        │                               base URL or a proxy, not mintfax; wrong for every fax
         ├── RateLimited                 retryable after `retry_after` seconds: 429
         ├── IdempotencyInProgress       retryable shortly: 409 idempotency_key_in_progress
         ├── InsufficientBalance         402: pause the fleet, alert, do not retry the fax
@@ -189,10 +194,27 @@ class MintfaxError(FaxOutboxError):
         }
 
 
+class UnexpectedError(FaxOutboxError):
+    """An exception nobody planned for escaped the send path (a bug, ours or a library's).
+
+    Carries only the exception's type name: its text could hold anything, a secret included.
+    Whether mintfax received the request is unknown, so the fax is never marked `failed`.
+    """
+
+    def __init__(self, exc: BaseException) -> None:
+        self.exception_type = type(exc).__name__
+        super().__init__(f"unexpected {self.exception_type} while sending; outcome unknown")
+
+
 class TransportError(MintfaxError):
     """No usable response: connect/read failure, timeout, connection reset."""
 
     retryable = True
+
+
+class ConnectFailed(TransportError):
+    """No connection could be made (refused, DNS, connect timeout): the request was never sent,
+    so this attempt is known not to have created a fax."""
 
 
 class ServerError(MintfaxError):
@@ -231,3 +253,12 @@ class IdempotencyKeyReuse(MintfaxError):
 
 class RequestRejected(MintfaxError):
     """400, 422 and other 4xx: this fax will never be accepted as it is."""
+
+
+class UnexpectedResponse(MintfaxError):
+    """A 3xx or 4xx that does not carry mintfax's error envelope.
+
+    mintfax answers every refusal with `{error, message, ...}`; a bare 404, 405 or 413 comes
+    from something in front of it (a base URL without `/v1`, a proxy's body limit), so it is
+    wrong for every fax alike: the fleet pauses instead of rejecting the backlog.
+    """

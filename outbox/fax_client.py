@@ -4,8 +4,10 @@ This is the one boundary where httpx and mintfax's answers become fax-outbox err
 network failure, status code and malformed body is translated here, once, into the
 `MintfaxError` tree of `outbox.errors`, and nothing above this module sees an httpx exception.
 
-    network error / timeout / unusable 2xx body     -> TransportError      (retryable)
-    5xx, unexpected 1xx/3xx                          -> ServerError         (retryable)
+    no connection (refused, DNS, connect timeout)    -> ConnectFailed       (nothing was sent)
+    read error / timeout / reset / unusable 2xx body -> TransportError      (outcome unknown)
+    5xx, unexpected 1xx                              -> ServerError         (outcome unknown)
+    3xx, or a 4xx below without mintfax's envelope   -> UnexpectedResponse  (wrong URL, proxy)
     429                                              -> RateLimited(retry_after=...)
     402                                              -> InsufficientBalance
     401, 403                                         -> AuthenticationFailed
@@ -45,6 +47,7 @@ from outbox.clock import Clock, SystemClock
 from outbox.errors import (
     AuthenticationFailed,
     ConfigurationError,
+    ConnectFailed,
     IdempotencyInProgress,
     IdempotencyKeyReuse,
     InsufficientBalance,
@@ -53,6 +56,7 @@ from outbox.errors import (
     RequestRejected,
     ServerError,
     TransportError,
+    UnexpectedResponse,
 )
 from outbox.filetypes import FileType, type_for_name
 from outbox.keys import api_key_problem, idempotency_key_problem
@@ -82,6 +86,9 @@ _REPLAY_HEADERS = (
     "x-idempotency-replay",
 )
 _TRUTHY = frozenset({"true", "1", "yes"})
+# 4xx answers that only mean "this fax is refused" when mintfax itself said so. 401/403, 402,
+# 409 and 429 are read without an envelope too: each already stops or slows the whole fleet.
+_ENVELOPE_REQUIRED = frozenset(range(400, 500)) - {401, 402, 403, 409, 429}
 _BODY_EXCERPT_CHARS = 200
 # Keys an API could plausibly echo in a listing; never handed to callers that print listings.
 _SECRET_FIELDS = frozenset({"signing_secret", "secret"})
@@ -339,6 +346,8 @@ class MintfaxClient:
             # syscall each), which cost more CPU than the rest of the request (bench/drain.py).
             request.read()
             response = self._http.send(request)
+        except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
+            self._raise_transport(method, path, "could not connect", exc, ConnectFailed)
         except httpx.TimeoutException as exc:
             self._raise_transport(method, path, "timed out", exc)
         except httpx.RequestError as exc:
@@ -369,12 +378,20 @@ class MintfaxClient:
             raise error
         return response
 
-    def _raise_transport(self, method: str, path: str, what: str, exc: Exception) -> NoReturn:
+    def _raise_transport(
+        self,
+        method: str,
+        path: str,
+        what: str,
+        exc: Exception,
+        kind: type[TransportError] = TransportError,
+    ) -> NoReturn:
         detail = self._scrub(str(exc)) or type(exc).__name__
-        message = f"{method} /{path} {what}: {type(exc).__name__}: {detail}"
+        where = httpx.URL(f"{self._base_url}/{path}").copy_with(userinfo=b"", query=None)
+        message = f"{method} {where} {what}: {type(exc).__name__}: {detail}"
         logger.info("mintfax %s", message)
         # `from None`: the httpx exception's text or args could hold request headers.
-        raise TransportError(message) from None
+        raise kind(message) from None
 
     def _error_from(self, response: httpx.Response) -> MintfaxError:
         status = response.status_code
@@ -399,6 +416,17 @@ class MintfaxClient:
             "request_id": _request_id(response, envelope),
         }
         message = self._scrub(message)
+        if code is None and (300 <= status < 400 or status in _ENVELOPE_REQUIRED):
+            # Not mintfax's own refusal: something in front of it (or the wrong host) answered.
+            request = response.request
+            where = request.url.copy_with(userinfo=b"", query=None)
+            redirect = response.headers.get("location") if 300 <= status < 400 else None
+            return UnexpectedResponse(
+                f"{request.method} {where} answered HTTP {status} without mintfax's error "
+                + (f"envelope (redirect to {self._scrub(redirect)})" if redirect else "envelope")
+                + ": check MINTFAX_BASE_URL (it must end in /v1) and any proxy in between",
+                **fields,
+            )
         if status == 429:
             retry_after = parse_retry_after(
                 response.headers.get("retry-after"), self._response_time(response), self._policy

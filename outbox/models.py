@@ -135,6 +135,9 @@ fax_outbox = Table(
     Column("status", fax_status_enum, nullable=False, server_default=text("'pending'")),
     Column("status_reason", Text),
     Column("attempts", Integer, nullable=False, server_default=text("0")),
+    # An attempt may have created the fax at mintfax (timeout, reset, 5xx, lost lease): when
+    # the attempts run out, the row goes to needs_review, never to failed.
+    Column("outcome_unknown", Boolean, nullable=False, server_default=text("false")),
     # How many times the row has entered needs_review (a trigger counts): the episode that
     # its review alert names, so a row parked again after an operator's retry alerts again.
     Column("review_count", Integer, nullable=False, server_default=text("0")),
@@ -246,6 +249,10 @@ class PauseReason(StrEnum):
     AUTHENTICATION_FAILED = "authentication_failed"
     API_KEY_MISMATCH = "api_key_environment_mismatch"
     OPERATOR = "operator"
+    # A 3xx/4xx without mintfax's error envelope: a wrong base URL or a proxy.
+    UNEXPECTED_RESPONSE = "unexpected_response"
+    # The same mintfax refusal, many faxes in a row across the fleet (a circuit breaker).
+    REJECTIONS_IN_A_ROW = "rejections_in_a_row"
 
 
 # One row per pause episode; an episode is open while ended_at IS NULL. Postgres is the truth,
@@ -261,8 +268,7 @@ fleet_pauses = Table(
     Column("ended_at", DateTime(timezone=True)),
     Column("ended_by", Text),
     CheckConstraint(
-        "reason IN ('insufficient_balance', 'authentication_failed', "
-        "'api_key_environment_mismatch', 'operator')",
+        "reason IN (" + ", ".join(f"'{r.value}'" for r in PauseReason) + ")",
         name="reason_known",
     ),
     CheckConstraint("ended_at IS NULL OR ended_at >= started_at", name="ends_after_start"),

@@ -38,6 +38,15 @@ _MESSAGES = {
         "key or the environment, then run `faxout resume`"
     ),
     PauseReason.OPERATOR: "an operator paused the fleet",
+    PauseReason.UNEXPECTED_RESPONSE: (
+        "mintfax's address answered with something that is not mintfax: the fleet is paused "
+        "and the faxes stay pending; fix MINTFAX_BASE_URL or the proxy, then run `faxout resume`"
+    ),
+    PauseReason.REJECTIONS_IN_A_ROW: (
+        "mintfax refused many faxes in a row for the same reason, which points at the setup "
+        "rather than the faxes: the fleet is paused; look at the rejected rows, fix the cause, "
+        "then run `faxout resume`"
+    ),
 }
 
 
@@ -92,13 +101,23 @@ def pause_in_transaction(
         Alert(
             kind="fleet_paused",
             dedupe_key=f"fleet_paused:{pause.id}",
-            message=_MESSAGES[reason],
+            message=_message(reason, detail),
             severity="warning" if reason is PauseReason.OPERATOR else "critical",
             detail={"reason": reason.value, **detail},
         ),
         now,
     )
     return pause, alert_id
+
+
+def _message(reason: PauseReason, detail: Mapping[str, Any]) -> str:
+    """The alert text of a pause, with what the operator needs to find the cause."""
+    text = _MESSAGES[reason]
+    if reason is PauseReason.UNEXPECTED_RESPONSE:
+        text += f" ({detail.get('error', {}).get('message', 'no detail')})"
+    elif reason is PauseReason.REJECTIONS_IN_A_ROW:
+        text += f" ({detail.get('in_a_row')} faxes in a row refused with {detail.get('error')})"
+    return text
 
 
 class FleetControl:

@@ -242,7 +242,8 @@ _CLAIM_FOR_SUBMIT = text(
       AND dispatched_at IS NOT NULL
       AND NOT EXISTS (SELECT 1 FROM fleet_pauses WHERE ended_at IS NULL)
     RETURNING id, idempotency_key, to_number, document, filename, retries, attempts,
-              first_attempt_at, lease_token, coalesce(CAST(:now AS timestamptz), now())
+              first_attempt_at, lease_token, coalesce(CAST(:now AS timestamptz), now()),
+              outcome_unknown
     """
 )
 
@@ -315,6 +316,7 @@ _RESCUE_EXPIRED = text(
         status_reason = CASE WHEN f.attempts + 1 >= :max_attempts
                              THEN :exhausted_reason ELSE f.status_reason END,
         attempts = f.attempts + 1,
+        outcome_unknown = true,
         next_attempt_at = coalesce(CAST(:now AS timestamptz), now()),
         last_error = jsonb_build_object(
             'kind', 'LeaseExpired', 'lease_owner', f.lease_owner,
@@ -349,6 +351,8 @@ class ClaimedFax:
     lease_token: uuid.UUID = _NO_TOKEN
     # The database's clock at the claim (the lease runs `lease_seconds` from here).
     claimed_at: datetime | None = None
+    # An earlier attempt may have created the fax (it must not end in `failed`).
+    outcome_unknown: bool = False
 
 
 def dispatch_due(
@@ -392,6 +396,7 @@ def claim_for_submit(
         first_attempt_at,
         token,
         claimed_at,
+        outcome_unknown,
     ) = rows[0]
     return ClaimedFax(
         id=row_id,
@@ -404,6 +409,7 @@ def claim_for_submit(
         first_attempt_at=first_attempt_at,
         lease_token=token,
         claimed_at=claimed_at,
+        outcome_unknown=outcome_unknown,
     )
 
 
@@ -818,3 +824,28 @@ def recent_alerts(conn: Connection, limit: int = 20) -> list[Mapping[str, Any]]:
     a = alerts.c
     result = conn.execute(select(alerts).order_by(a.id.desc()).limit(limit))
     return [dict(row._mapping) for row in result]
+
+
+# --- the rejection breaker ---------------------------------------------------------------------
+
+# Attempts on which mintfax decided about the fax itself: accepted it, or refused it.
+_LATEST_DECISIONS = text(
+    """
+    SELECT outcome = 'rejected' AND error->>'error' IS NOT DISTINCT FROM :code
+    FROM fax_attempts
+    WHERE outcome IN ('submitted', 'replayed', 'rejected')
+    ORDER BY id DESC
+    LIMIT :limit
+    """
+)
+
+
+def rejections_in_a_row(conn: Connection, *, error_code: str | None, limit: int) -> int:
+    """How many of the fleet's latest decisions (up to `limit`), newest first, are refusals
+    with mintfax error `error_code` before the first other answer."""
+    streak = 0
+    for (same,) in conn.execute(_LATEST_DECISIONS, {"code": error_code, "limit": limit}):
+        if not same:
+            break
+        streak += 1
+    return streak

@@ -44,6 +44,7 @@ from outbox.errors import (
     ApiKeyMismatch,
     AuthenticationFailed,
     ConfigurationError,
+    ConnectFailed,
     FaxOutboxError,
     FleetStateUnavailable,
     IdempotencyInProgress,
@@ -55,6 +56,7 @@ from outbox.errors import (
     RequestRejected,
     ServerError,
     TransportError,
+    UnexpectedResponse,
     ValidationFailed,
 )
 from outbox.models import FaxStatus, Outcome, PauseReason
@@ -112,6 +114,8 @@ class RetryAt:
     at: datetime
     consumes_attempt: bool
     outcome: Outcome
+    # The failed attempt may have created the fax (the row remembers: `outcome_unknown`).
+    outcome_unknown: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -190,10 +194,16 @@ class Stop:
 @dataclass(frozen=True, slots=True)
 class Resend:
     """Send again with the same key (a replay at worst), using an attempt: after full-jitter
-    backoff, or at once; `exhausted` once the policy's attempts are used up."""
+    backoff, or at once; `exhausted` once the policy's attempts are used up.
+
+    `unknown`: the attempt may have created the fax. Once the attempts run out, a row any of
+    whose attempts was unknown gives up as `UNKNOWN_EXHAUSTED` says, whatever `exhausted` says:
+    `failed` is only for rows where every attempt is known to have created nothing.
+    """
 
     exhausted: Stop
     at_once: bool = False
+    unknown: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -225,7 +235,11 @@ ErrorTypes = type[FaxOutboxError] | tuple[type[FaxOutboxError], ...]
 
 # The outcome of the attempt is unknown: no answer, a 5xx, or a 2xx we could not read (a
 # TransportError). The fax may exist at mintfax, so it is sent again only with the same key.
+# (ConnectFailed, a TransportError that sent nothing, has its own row above these.)
 UNKNOWN_OUTCOME: Final = (TransportError, ServerError)
+# Attempts ran out and one of them may have created the fax: a human looks it up at mintfax
+# (invariant 3). Never `failed`: that is sticky, and a re-enqueue would send a second fax.
+UNKNOWN_EXHAUSTED: Final = Stop(FaxStatus.NEEDS_REVIEW, "unknown_outcome", alert=True)
 
 _IN_PROGRESS_WAIT = attrgetter("in_progress_wait_seconds")
 _FLEET_STATE_WAIT = attrgetter("fleet_state_wait_seconds")
@@ -238,13 +252,16 @@ FAILURES: Final[tuple[tuple[ErrorTypes, Rule], ...]] = (
     (RateLimited, HonourRetryAfter()),
     (IdempotencyInProgress, Wait(_IN_PROGRESS_WAIT, Outcome.IN_PROGRESS, jitter=0.5)),
     (FleetStateUnavailable, Wait(_FLEET_STATE_WAIT, Outcome.THROTTLED)),
-    # Unknown outcomes: again, with the same key, while attempts last.
-    (UNKNOWN_OUTCOME, Resend(Stop(FaxStatus.FAILED, "retries_exhausted", alert=True))),
+    # Nothing was sent: again while attempts last; `failed` only if no attempt was unknown.
+    (ConnectFailed, Resend(Stop(FaxStatus.FAILED, "retries_exhausted", alert=True))),
+    # Unknown outcomes: again, with the same key, while attempts last; then a human looks.
+    (UNKNOWN_OUTCOME, Resend(UNKNOWN_EXHAUSTED, unknown=True)),
     (
         LeaseExpired,  # the rescuer's bulk SQL follows this row (outbox/rescuer.py)
         Resend(
             Stop(FaxStatus.NEEDS_REVIEW, "unknown_outcome_attempts_exhausted", alert=True),
             at_once=True,
+            unknown=True,
         ),
     ),
     # Wrong for every fax: stop the fleet, keep the row pending (invariant 9).
@@ -252,6 +269,7 @@ FAILURES: Final[tuple[tuple[ErrorTypes, Rule], ...]] = (
     (AuthenticationFailed, PauseFor(PauseReason.AUTHENTICATION_FAILED)),
     (ApiKeyMismatch, PauseFor(PauseReason.API_KEY_MISMATCH)),
     (ConfigurationError, PauseFor(PauseReason.AUTHENTICATION_FAILED)),  # e.g. key file unreadable
+    (UnexpectedResponse, PauseFor(PauseReason.UNEXPECTED_RESPONSE)),  # wrong base URL, a proxy
     # About this fax only.
     (IdempotencyKeyReuse, Stop(FaxStatus.NEEDS_REVIEW, "idempotency_key_reuse", alert=True)),
     (
@@ -283,23 +301,28 @@ def decide(
     error: FaxOutboxError,
     policy: RetryPolicy,
     rng: random.Random,
+    *,
+    outcome_unknown_before: bool = False,
 ) -> Decision:
     """What a submission that failed with `error` means for the row, the fleet and operators.
 
     `attempts_made` counts the attempts the row had used before this one (its `attempts`
     column); whether this failure uses one more is the table's answer (`consumes_attempt`).
+    `outcome_unknown_before`: an earlier attempt of the row may have created the fax.
     Total: every `FaxOutboxError` has an answer (`FAILURES` ends with the root class).
     """
     _require_aware(now)
     if attempts_made < 0:
         raise ValueError(f"attempts_made must be >= 0, got {attempts_made}")
     match rule_for(error):
-        case Resend(exhausted, at_once):
+        case Resend(exhausted, at_once, unknown):
             attempt = attempts_made + 1  # the one that just failed
             if attempt >= policy.max_attempts:
+                if outcome_unknown_before and not unknown:
+                    return UNKNOWN_EXHAUSTED.give_up(error)
                 return exhausted.give_up(error)
             delay = 0.0 if at_once else backoff_seconds(attempt, policy, rng)
-            return RetryAt(now + timedelta(seconds=delay), True, Outcome.RETRY_SCHEDULED)
+            return RetryAt(now + timedelta(seconds=delay), True, Outcome.RETRY_SCHEDULED, unknown)
         case Wait(seconds, outcome, jitter):
             wait = seconds(policy)
             if jitter:

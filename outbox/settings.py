@@ -37,6 +37,8 @@ DEFAULT_LEASE_SECONDS = 120
 DEFAULT_MAX_SUBMIT_ATTEMPTS = 5
 DEFAULT_REDISPATCH_SECONDS = 20.0
 DEFAULT_HTTP_TIMEOUT_SECONDS = 30.0
+# This many faxes in a row refused by mintfax with the same error pause the fleet (0: never).
+DEFAULT_REJECTION_BREAKER = 10
 # The longest throttle wait a worker sleeps while holding a lease (longer: it gives the row back).
 MAX_INLINE_WAIT_SECONDS = 1.0
 # What a lease must hold beyond the request and the inline wait: the claim's and the record's
@@ -102,6 +104,14 @@ class Settings(BaseSettings):
         ge=1,
         le=20,
         validation_alias="FAXOUT_MAX_SUBMIT_ATTEMPTS",
+    )
+    # A circuit breaker: the same refusal for this many faxes in a row across the fleet is a
+    # setup problem (an unsupported account feature, a wrong environment), not bad faxes.
+    rejection_breaker: int = Field(
+        default=DEFAULT_REJECTION_BREAKER,
+        ge=0,
+        le=100_000,
+        validation_alias="FAXOUT_REJECTION_BREAKER",
     )
     # A dispatched row not claimed within this long (its message was lost, e.g. Redis was
     # flushed) is published again; a duplicate message costs one no-op claim.

@@ -38,6 +38,7 @@ from outbox.errors import (
     FaxOutboxError,
     FleetStateUnavailable,
     IdempotencyWindowClosed,
+    UnexpectedError,
     ValidationFailed,
 )
 from outbox.models import TERMINAL_STATUSES, FaxStatus, Outcome, PauseReason
@@ -48,6 +49,7 @@ from outbox.retry import CoolDown, Decision, GiveUp, PauseFleet, RetryAt, RetryP
 from outbox.settings import (
     DEFAULT_HTTP_TIMEOUT_SECONDS,
     DEFAULT_LEASE_SECONDS,
+    DEFAULT_REJECTION_BREAKER,
     MAX_INLINE_WAIT_SECONDS,
     Environment,
 )
@@ -105,6 +107,8 @@ class SubmitContext:
     environment: Environment
     worker_id: str
     lease_seconds: float = DEFAULT_LEASE_SECONDS
+    # This many identical mintfax refusals in a row pause the fleet (0: never).
+    rejection_breaker: int = DEFAULT_REJECTION_BREAKER
     # The client's timeout: no POST starts with less than this left on its lease.
     http_timeout: float = DEFAULT_HTTP_TIMEOUT_SECONDS
     policy: RetryPolicy = field(default_factory=RetryPolicy)
@@ -206,6 +210,14 @@ def _submit(ctx: SubmitContext, conn: Connection, fax_id: int) -> Outcome:
     except FaxOutboxError as exc:
         duration_ms = max(0, int((ctx.monotonic() - t0) * 1000))
         return _fail(ctx, conn, claimed, exc, started=started, duration_ms=duration_ms, posted=True)
+    except Exception as exc:  # a bug must not leave the row in `sending` (invariant 3)
+        # Only the type is logged: the exception's text could hold anything, a key included.
+        log.error("fax %s: unexpected %s while sending", claimed.id, type(exc).__name__)
+        duration_ms = max(0, int((ctx.monotonic() - t0) * 1000))
+        error = UnexpectedError(exc)
+        return _fail(
+            ctx, conn, claimed, error, started=started, duration_ms=duration_ms, posted=True
+        )
     plan = plan_success(claimed, result, ctx.clock.now())
     duration_ms = max(0, int((ctx.monotonic() - t0) * 1000))
     return _apply(ctx, conn, claimed, plan, started, duration_ms, posted=True)
@@ -222,7 +234,14 @@ def _fail(
     posted: bool = False,
 ) -> Outcome:
     now = ctx.clock.now()
-    decision = decide(now, claimed.attempts, error, ctx.policy, ctx.rng)
+    decision = decide(
+        now,
+        claimed.attempts,
+        error,
+        ctx.policy,
+        ctx.rng,
+        outcome_unknown_before=claimed.outcome_unknown,
+    )
     plan = plan_failure(claimed, error, decision, now)
     return _apply(ctx, conn, claimed, plan, started, duration_ms, posted=posted)
 
@@ -286,6 +305,8 @@ def plan_failure(
             alert = give_up_alert(claimed.id, decision, str(error), envelope)
     else:  # the row waits in `pending`
         values |= {"status": FaxStatus.PENDING, "next_attempt_at": decision.at}
+        if isinstance(decision, RetryAt) and decision.outcome_unknown:
+            values["outcome_unknown"] = True
     return _Plan(
         outcome=decision.outcome,
         values=values,
@@ -392,6 +413,8 @@ def _apply(
         if not kept and posted:
             return _record_lost_lease_post(ctx, claimed, plan, attempt)
         _log_outcome(claimed, plan, duration_ms)
+        if kept and plan.outcome is Outcome.REJECTED and ctx.rejection_breaker:
+            _trip_breaker_if_needed(ctx, claimed, error or {})
         return plan.outcome if kept else Outcome.LEASE_LOST
     alert_ids: list[int] = []
     with ctx.engine.begin() as tx:
@@ -422,6 +445,30 @@ def _apply(
     ctx.alerter.deliver(ctx.engine, alert_ids)
     _log_outcome(claimed, plan, duration_ms)
     return plan.outcome if kept else Outcome.LEASE_LOST
+
+
+def _trip_breaker_if_needed(
+    ctx: SubmitContext, claimed: ClaimedFax, error: Mapping[str, Any]
+) -> None:
+    """Pause the fleet when mintfax refused the last `rejection_breaker` faxes, fleet-wide, with
+    the same error: one refusal is about a fax, a run of identical ones is about the setup
+    (an account without a feature, a wrong environment), and the backlog must not burn."""
+    code = error.get("error")
+    with ctx.engine.begin() as tx:
+        streak = repository.rejections_in_a_row(tx, error_code=code, limit=ctx.rejection_breaker)
+        if streak < ctx.rejection_breaker:
+            return
+        _, alert_id = pause_in_transaction(
+            tx,
+            ctx.alerter,
+            reason=PauseReason.REJECTIONS_IN_A_ROW,
+            detail={"error": code, "in_a_row": streak, "fax_id": claimed.id},
+            started_by=ctx.worker_id,
+            clock=ctx.clock,
+        )
+        pauses = repository.open_pauses(tx)
+    ctx.mirror.publish(pauses)
+    ctx.alerter.deliver(ctx.engine, [alert_id] if alert_id else [])
 
 
 def _record_lost_lease_post(

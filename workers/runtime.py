@@ -161,6 +161,7 @@ class Runtime:
             worker_id=worker_identity(),
             lease_seconds=self.settings.lease_seconds,
             http_timeout=self.settings.http_timeout_seconds,
+            rejection_breaker=self.settings.rejection_breaker,
             policy=RetryPolicy(max_attempts=self.settings.max_submit_attempts),
         )
 

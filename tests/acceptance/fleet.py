@@ -1,6 +1,6 @@
 """A whole fleet for acceptance tests: the sandbox, relays, Celery workers and beat as real
-processes (workers/single_host/stack.py, the same code `faxout demo` runs), on this test's own database and
-Redis index."""
+processes (workers/single_host/stack.py, the same code `faxout demo` runs), on this test's own
+database and Redis index."""
 
 from __future__ import annotations
 

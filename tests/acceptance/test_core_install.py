@@ -11,7 +11,6 @@ import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -27,7 +26,7 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def core_venv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+def core_venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A fresh virtualenv with `pip install <this checkout>`, no extras."""
     base = tmp_path_factory.mktemp("core-install")
     source = base / "src"
@@ -50,7 +49,7 @@ def core_venv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
         check=False,
     )
     assert done.returncode == 0, done.stderr[-3000:]
-    yield venv
+    return venv
 
 
 def _run(

@@ -20,6 +20,7 @@ from outbox.errors import (
     ApiKeyMismatch,
     AuthenticationFailed,
     ConfigurationError,
+    ConnectFailed,
     FaxOutboxError,
     FieldError,
     FleetStateUnavailable,
@@ -34,6 +35,8 @@ from outbox.errors import (
     RequestRejected,
     ServerError,
     TransportError,
+    UnexpectedError,
+    UnexpectedResponse,
     ValidationFailed,
 )
 from outbox.fax_client import MintfaxClient
@@ -61,8 +64,14 @@ class TopOfRange(random.Random):
         return b
 
 
-def at(seconds: float, counts: bool, outcome: Outcome = Outcome.RETRY_SCHEDULED) -> RetryAt:
-    return RetryAt(NOW + timedelta(seconds=seconds), counts, outcome)
+def at(
+    seconds: float,
+    counts: bool,
+    outcome: Outcome = Outcome.RETRY_SCHEDULED,
+    *,
+    unknown: bool = False,
+) -> RetryAt:
+    return RetryAt(NOW + timedelta(seconds=seconds), counts, outcome, unknown)
 
 
 def pause(reason: PauseReason) -> PauseFleet:
@@ -81,16 +90,27 @@ def give_up(
 
 
 FAILED_OUT_OF_ATTEMPTS = give_up(FaxStatus.FAILED, "retries_exhausted", alert=True)
+REVIEW_UNKNOWN = give_up(FaxStatus.NEEDS_REVIEW, "unknown_outcome", alert=True)
 REVIEW_UNEXPECTED = give_up(FaxStatus.NEEDS_REVIEW, "unexpected_error", alert=True)
+UNKNOWN_RESEND = at(2, True, unknown=True)
 
 # error -> (decision after the 2nd attempt failed, decision after the last attempt failed)
 TABLE: list[tuple[FaxOutboxError, Decision, Decision]] = [
-    (TransportError("connection reset"), at(2, True), FAILED_OUT_OF_ATTEMPTS),
-    (TransportError("201 without a fax id", status_code=201), at(2, True), FAILED_OUT_OF_ATTEMPTS),
-    (ServerError("503", status_code=503), at(2, True), FAILED_OUT_OF_ATTEMPTS),
+    # Known to have sent nothing: `failed` once the attempts run out (if none was unknown).
+    (ConnectFailed("connection refused"), at(2, True), FAILED_OUT_OF_ATTEMPTS),
+    # Unknown outcomes never end in `failed`: the fax may exist at mintfax.
+    (TransportError("connection reset"), UNKNOWN_RESEND, REVIEW_UNKNOWN),
+    (TransportError("201 without a fax id", status_code=201), UNKNOWN_RESEND, REVIEW_UNKNOWN),
+    (ServerError("503", status_code=503), UNKNOWN_RESEND, REVIEW_UNKNOWN),
+    (
+        UnexpectedResponse("404 without an envelope", status_code=404),
+        pause(PauseReason.UNEXPECTED_RESPONSE),
+        pause(PauseReason.UNEXPECTED_RESPONSE),
+    ),
+    (UnexpectedError(ValueError("boom")), REVIEW_UNEXPECTED, REVIEW_UNEXPECTED),
     (
         LeaseExpired("worker lost"),
-        at(0, True),
+        at(0, True, unknown=True),
         give_up(FaxStatus.NEEDS_REVIEW, "unknown_outcome_attempts_exhausted", alert=True),
     ),
     (
@@ -229,25 +249,30 @@ def _raises(exc: Exception) -> Callable[[httpx.Request], httpx.Response]:
 
 REJECTED = give_up(FaxStatus.REJECTED, "validation_failed")
 RESEND = at(2, True)
+MISCONFIGURED = pause(PauseReason.UNEXPECTED_RESPONSE)
 HTTP_TABLE: list[tuple[str, Callable[[httpx.Request], httpx.Response], Decision]] = [
     ("connect error", _raises(httpx.ConnectError("refused")), RESEND),
-    ("read timeout", _raises(httpx.ReadTimeout("slow")), RESEND),
-    ("reset mid-response", _raises(httpx.RemoteProtocolError("reset")), RESEND),
-    ("201, not JSON", _status(201, b"<html>ok</html>"), RESEND),
-    ("201 without a fax id", _status(201, {"status": "queued"}), RESEND),
-    ("200, a JSON list", _status(200, [1, 2]), RESEND),
-    ("301 redirect", _status(301, b"", {"Location": "https://elsewhere/"}), RESEND),
-    ("500", _status(500, {"error": "internal_error"}), RESEND),
-    ("502, an HTML proxy page", _status(502, b"<html>bad gateway</html>"), RESEND),
-    ("503", _status(503, {"error": "service_unavailable"}), RESEND),
-    ("504", _status(504), RESEND),
+    ("connect timeout", _raises(httpx.ConnectTimeout("slow")), RESEND),
+    ("read timeout", _raises(httpx.ReadTimeout("slow")), UNKNOWN_RESEND),
+    ("reset mid-response", _raises(httpx.RemoteProtocolError("reset")), UNKNOWN_RESEND),
+    ("201, not JSON", _status(201, b"<html>ok</html>"), UNKNOWN_RESEND),
+    ("201 without a fax id", _status(201, {"status": "queued"}), UNKNOWN_RESEND),
+    ("200, a JSON list", _status(200, [1, 2]), UNKNOWN_RESEND),
+    ("301 redirect", _status(301, b"", {"Location": "https://elsewhere/"}), MISCONFIGURED),
+    ("500", _status(500, {"error": "internal_error"}), UNKNOWN_RESEND),
+    ("502, an HTML proxy page", _status(502, b"<html>bad gateway</html>"), UNKNOWN_RESEND),
+    ("503", _status(503, {"error": "service_unavailable"}), UNKNOWN_RESEND),
+    ("504", _status(504), UNKNOWN_RESEND),
     ("400", _status(400, {"error": "validation_failed"}), REJECTED),
     ("404", _status(404, {"error": "validation_failed"}), REJECTED),
     ("410", _status(410, {"error": "validation_failed"}), REJECTED),
     ("413", _status(413, {"error": "validation_failed"}), REJECTED),
     ("415", _status(415, {"error": "validation_failed"}), REJECTED),
     ("422", _status(422, {"error": "validation_failed"}), REJECTED),
-    ("422 without an envelope", _status(422, b""), give_up(FaxStatus.REJECTED, "rejected")),
+    # Not mintfax's own refusal (a wrong base URL, a proxy): wrong for every fax alike.
+    ("404 without an envelope", _status(404, b"<html>Not Found</html>"), MISCONFIGURED),
+    ("413 from a proxy", _status(413, b"<html>Too Large</html>"), MISCONFIGURED),
+    ("422 without an envelope", _status(422, b""), MISCONFIGURED),
     ("401", _status(401, {"error": "unauthorized"}), pause(PauseReason.AUTHENTICATION_FAILED)),
     ("403", _status(403, {"error": "forbidden"}), pause(PauseReason.AUTHENTICATION_FAILED)),
     (
@@ -357,3 +382,15 @@ def test_the_attempt_log_gets_mintfaxs_status_and_request_id() -> None:
     error = ServerError("503", status_code=503, request_id="req_9")
     plan = plan_failure(CLAIMED, error, decide(NOW, 1, error, POLICY, TopOfRange()), NOW)
     assert (plan.http_status, plan.request_id) == (503, "req_9")
+
+
+@pytest.mark.parametrize(
+    ("earlier_unknown", "expected"), [(False, FAILED_OUT_OF_ATTEMPTS), (True, REVIEW_UNKNOWN)]
+)
+def test_failed_only_when_no_attempt_of_the_row_was_unknown(
+    earlier_unknown: bool, expected: Decision
+) -> None:
+    # The last attempt sent nothing, but an earlier one may have created the fax.
+    last = ConnectFailed("connection refused")
+    decision = decide(NOW, LAST, last, POLICY, TopOfRange(), outcome_unknown_before=earlier_unknown)
+    assert decision == expected

@@ -19,6 +19,7 @@ from outbox.clock import FrozenClock
 from outbox.errors import (
     AuthenticationFailed,
     ConfigurationError,
+    ConnectFailed,
     IdempotencyInProgress,
     IdempotencyKeyReuse,
     InsufficientBalance,
@@ -27,6 +28,7 @@ from outbox.errors import (
     RequestRejected,
     ServerError,
     TransportError,
+    UnexpectedResponse,
 )
 from outbox.fax_client import Balance, MintfaxClient, RateLimitInfo, SubmitResult
 
@@ -399,7 +401,6 @@ STATUS_MAP = [
     (503, "service_unavailable", ServerError),
     (504, None, ServerError),
     (599, None, ServerError),
-    (301, None, ServerError),
     (429, "rate_limit_exceeded", RateLimited),
     (402, "insufficient_balance", InsufficientBalance),
     (401, "unauthenticated", AuthenticationFailed),
@@ -413,7 +414,7 @@ STATUS_MAP = [
     (413, "payload_too_large", RequestRejected),
     (415, "unsupported_media_type", RequestRejected),
     (422, "validation_failed", RequestRejected),
-    (418, None, RequestRejected),
+    (418, "teapot", RequestRejected),
 ]
 
 
@@ -470,7 +471,6 @@ def test_nested_error_object_is_understood() -> None:
         (502, b"<html><body><h1>502 Bad Gateway</h1></body></html>", ServerError),
         (500, b"", ServerError),
         (503, b"upstream connect error", ServerError),
-        (400, b'["not", "an", "envelope"]', RequestRejected),
         (401, b"{not json", AuthenticationFailed),
         (409, b"\xff\xfe garbage", IdempotencyKeyReuse),
         (429, b"", RateLimited),
@@ -499,8 +499,28 @@ def test_html_error_body_is_kept_as_a_short_excerpt() -> None:
 
 def test_redirect_names_the_location() -> None:
     handler = answer(301, b"", {"Location": "https://api.mintfax.com/v1/fax"})
-    with pytest.raises(ServerError, match=r"redirect to https://api\.mintfax\.com/v1/fax"):
+    with pytest.raises(UnexpectedResponse, match=r"redirect to https://api\.mintfax\.com/v1/fax"):
         send(make_client(handler))
+
+
+@pytest.mark.parametrize(
+    ("status", "content"),
+    [
+        (404, b"<html>Not Found</html>"),  # a base URL without /v1
+        (413, b"<html>413 Request Entity Too Large</html>"),  # a proxy's body limit
+        (400, b'["not", "an", "envelope"]'),
+        (418, b'{"message": "no error code"}'),
+        (302, b""),
+    ],
+)
+def test_a_refusal_without_mintfaxs_envelope_is_not_a_rejection_of_the_fax(
+    status: int, content: bytes
+) -> None:
+    with pytest.raises(UnexpectedResponse) as info:
+        send(make_client(answer(status, content)))
+    assert info.value.status_code == status
+    assert f"answered HTTP {status} without mintfax's error envelope" in info.value.message
+    assert "MINTFAX_BASE_URL" in info.value.message
 
 
 @pytest.mark.parametrize(
@@ -581,7 +601,10 @@ def test_network_failures_become_transport_errors(failure: httpx.HTTPError) -> N
     assert error.retryable is True
     assert error.status_code is None
     assert type(failure).__name__ in error.message
-    assert "POST /fax" in error.message
+    assert "POST http://mintfax.test/v1/fax" in error.message
+    # Only a failure to connect is known to have sent nothing; everything else is unknown.
+    never_sent = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
+    assert isinstance(error, ConnectFailed) == isinstance(failure, never_sent)
     # Not chained: the httpx exception could carry request headers into a traceback.
     assert error.__cause__ is None
     assert error.__suppress_context__ is True
