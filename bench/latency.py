@@ -3,9 +3,9 @@
     .venv/bin/python bench/latency.py [--quick] [--samples 200]
 
 The fleet is the real one (one relay, 2 Celery workers x 2 prefork processes, started by
-`workers.single_host.stack`) against the sandbox (rate limit 0, no faults) and idle between samples: one
-row is inserted with plain psycopg and committed, the wall clock is read as soon as COMMIT
-returns, and the next row follows after a random pause of 50-100 ms. The sandbox stamps every
+`workers.single_host.stack`) against the sandbox (rate limit 0, no faults) and idle between
+samples: one row is inserted with plain psycopg and committed, the wall clock is read as soon as
+COMMIT returns, and the next row follows after a random pause of 50-100 ms. The sandbox stamps every
 `POST /v1/fax` arrival (`received_at`, wall clock, same host) before it reads the body; the
 latency of a row is `received_at` of its idempotency key minus its commit time. Everything in
 between is the system: NOTIFY, the relay's dispatch transaction and publish, the broker, the

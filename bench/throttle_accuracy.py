@@ -2,8 +2,8 @@
 
     .venv/bin/python bench/throttle_accuracy.py [--quick] [--seconds 90] [--limit 600]
 
-The full system as real processes (`workers.single_host.stack`): one relay, 2 Celery workers x 2 prefork
-processes (4 senders), beat, with `FAXOUT_RATE_LIMIT_PER_MINUTE=600`, against the sandbox
+The full system as real processes (`workers.single_host.stack`): one relay, 2 Celery workers x
+2 prefork processes (4 senders), beat, with `FAXOUT_RATE_LIMIT_PER_MINUTE=600`, against the sandbox
 enforcing the same 600 requests per sliding 60 s window (it answers 429 beyond that). Enough
 rows are enqueued up front (a third more than the limit allows in the run) that the fleet is
 saturated for the whole run.

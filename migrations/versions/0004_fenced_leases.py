@@ -22,9 +22,7 @@ down_revision: str | None = "0003_attempt_outcomes"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
-_LEASE_BEFORE = (
-    "(status = 'sending') = (lease_expires_at IS NOT NULL AND lease_owner IS NOT NULL)"
-)
+_LEASE_BEFORE = "(status = 'sending') = (lease_expires_at IS NOT NULL AND lease_owner IS NOT NULL)"
 # All three lease columns while sending, none otherwise.
 _LEASE_FENCED = (
     "num_nulls(lease_owner, lease_expires_at, lease_token) "

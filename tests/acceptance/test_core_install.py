@@ -130,9 +130,7 @@ def test_core_install_migrates_and_enqueues_on_a_real_database(
     assert "created=true" in cli.stdout.splitlines()
 
     # status works without the worker extra, and says what it cannot show.
-    shown = _run(
-        core_venv, "faxout", "status", env={**env, "REDIS_URL": "redis://127.0.0.1:1/0"}
-    )
+    shown = _run(core_venv, "faxout", "status", env={**env, "REDIS_URL": "redis://127.0.0.1:1/0"})
     assert shown.returncode == 0, shown.stderr
     assert "pending" in shown.stdout and "fax-outbox[worker]" in shown.stdout
 

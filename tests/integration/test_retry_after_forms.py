@@ -17,6 +17,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
+from mintfax_sandbox.server import ThreadedServer
 from outbox import enqueue_fax, repository
 from outbox.alerts import Alerter
 from outbox.clock import SystemClock
@@ -24,7 +25,6 @@ from outbox.fax_client import MintfaxClient
 from outbox.pause import PauseMirror
 from outbox.submit import Outcome, SubmitContext, submit_fax
 from outbox.throttle import FleetThrottle
-from mintfax_sandbox.server import ThreadedServer
 
 PDF = b"%PDF-1.4\n%%EOF\n"
 
