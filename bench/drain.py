@@ -55,7 +55,7 @@ ROUND_TIMEOUT = 600.0
 # The minimal loop's three statements: what any hand-written outbox drainer would run.
 _MINIMAL_CLAIM = """
     UPDATE fax_outbox
-    SET status = 'sending', lease_owner = %(owner)s,
+    SET status = 'sending', lease_owner = %(owner)s, lease_token = gen_random_uuid(),
         lease_expires_at = now() + interval '120 seconds',
         first_attempt_at = coalesce(first_attempt_at, now())
     WHERE id = (
@@ -71,7 +71,7 @@ _MINIMAL_DONE = """
     UPDATE fax_outbox
     SET status = 'submitted', mintfax_fax_id = %(fax_id)s, mintfax_status = %(status)s,
         submitted_at = now(), attempts = attempts + 1,
-        lease_owner = NULL, lease_expires_at = NULL
+        lease_owner = NULL, lease_expires_at = NULL, lease_token = NULL
     WHERE id = %(id)s
 """
 
