@@ -14,11 +14,13 @@ reads them from its environment once, when Celery first configures the app.
 from __future__ import annotations
 
 import logging
+import sys
 from typing import Any
 
 from celery import Celery, signals
 
 from outbox.alerts import Alerter
+from outbox.errors import ConfigurationError
 from outbox.pause import FleetControl
 from outbox.rescuer import LeaseRescuer
 from outbox.settings import Settings
@@ -100,7 +102,14 @@ def configure(settings: Settings) -> None:
 def _configure_on_first_use(sender: Celery, **_: Any) -> None:
     # Fires once, on the first use of `app.conf`: in `celery -A workers.app` processes, or in a
     # process that called `configure` (whose settings are then already given to the runtime).
-    configure(Runtime.configured_settings() or Settings.from_env())
+    try:
+        settings = Runtime.configured_settings() or Settings.from_env()
+    except ConfigurationError as exc:
+        # Celery logs and swallows a receiver's exception, then carries on with its defaults
+        # (an AMQP broker on localhost): a misconfigured worker must stop instead, in one line.
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    configure(settings)
 
 
 @signals.worker_process_shutdown.connect

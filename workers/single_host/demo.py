@@ -159,6 +159,8 @@ def _fleet_env(urls: embedded.ServiceURLs) -> dict[str, str]:
         DEMO_KEY,
         FAXOUT_RATE_LIMIT_PER_MINUTE=str(RATE_LIMIT),
         FAXOUT_LEASE_SECONDS="30",
+        # The sandbox answers in milliseconds; a short timeout lets the short lease stand.
+        FAXOUT_HTTP_TIMEOUT_SECONDS="10",
         FAXOUT_REDISPATCH_SECONDS="10",
     )
 

@@ -1,0 +1,37 @@
+"""A Celery worker or beat with invalid settings stops at once with one clear line.
+
+Celery swallows an exception raised while it configures the app and goes on with its own
+defaults, an AMQP broker on localhost: a worker with a wrong setting would quietly connect to
+whatever listens there (this machine runs a RabbitMQ) and never send a fax.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+
+@pytest.mark.parametrize("command", [["worker", "--pool", "solo"], ["beat"]])
+def test_invalid_settings_stop_the_process_with_one_line(command: list[str]) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("FAXOUT_", "MINTFAX_"))}
+    env.update(
+        DATABASE_URL="postgresql://postgres@127.0.0.1:5432/test",
+        REDIS_URL="redis://127.0.0.1:6379/15",
+        MINTFAX_API_KEY="fx_test_config_check",
+        FAXOUT_LEASE_SECONDS="10",  # shorter than the default 30 s HTTP timeout
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "celery", "-A", "workers.app", *command],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 2, done.stdout + done.stderr
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "FAXOUT_LEASE_SECONDS" in errors[0]
+    assert "amqp://" not in done.stdout + done.stderr
