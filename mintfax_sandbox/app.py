@@ -80,8 +80,10 @@ def api_routes(sandbox: Sandbox) -> list[Route]:
         return json_response(fax.as_api())
 
     async def list_faxes(request: Request) -> Response:
-        page = forms.page_number(request.query_params.get("page", "1"))
-        faxes, total = sandbox.fax_page(page, PAGE_SIZE)
+        query = request.query_params
+        page = forms.page_number(query.get("page", "1"))
+        filters = forms.list_filters(query.get("idempotency_key"), query.get("to"))
+        faxes, total = sandbox.fax_page(page, PAGE_SIZE, **filters)
         return json_response(
             {
                 "data": [fax.as_api() for fax in faxes],

@@ -189,6 +189,18 @@ def page_number(raw: str) -> int:
     return int(raw)
 
 
+def list_filters(idempotency_key: str | None, to: str | None) -> dict[str, str | None]:
+    """`GET /v1/fax?idempotency_key=K&to=N`: exact matches; an empty value is refused."""
+    errors: Errors = {}
+    if idempotency_key is not None and not 1 <= len(idempotency_key) <= 255:
+        errors["idempotency_key"] = ["The idempotency key must be 1 to 255 characters."]
+    if to is not None and not to:
+        errors["to"] = ["The number must not be empty."]
+    if errors:
+        raise validation_error(errors)
+    return {"idempotency_key": idempotency_key, "to": to}
+
+
 def balance_change(body: dict[str, Any]) -> tuple[str, int]:
     """`POST /sandbox/balance`: (`available` | `top_up`, cents)."""
     available, top_up = body.get("available"), body.get("top_up")

@@ -237,10 +237,26 @@ class Sandbox:
     def fax(self, fax_id: str) -> Fax | None:
         return self.faxes.get(fax_id)
 
-    def fax_page(self, page: int, per_page: int) -> tuple[list[Fax], int]:
-        """Page `page` (1-based) of the faxes, newest first, and how many there are in all."""
-        newest_first = self.fax_order[::-1][(page - 1) * per_page : page * per_page]
-        return [self.faxes[i] for i in newest_first], len(self.fax_order)
+    def fax_page(
+        self,
+        page: int,
+        per_page: int,
+        *,
+        idempotency_key: str | None = None,
+        to: str | None = None,
+    ) -> tuple[list[Fax], int]:
+        """Page `page` (1-based) of the faxes, newest first, and how many there are in all;
+        only those with this `idempotency_key` and sent `to` this number, when given."""
+        order = self.fax_order
+        if idempotency_key is not None or to is not None:
+            order = [
+                i
+                for i in order
+                if (idempotency_key is None or self.faxes[i].idempotency_key == idempotency_key)
+                and (to is None or self.faxes[i].to == to)
+            ]
+        newest_first = order[::-1][(page - 1) * per_page : page * per_page]
+        return [self.faxes[i] for i in newest_first], len(order)
 
     def inspect_faxes(self) -> list[dict[str, Any]]:
         """Every fax, oldest first, as `GET /sandbox/faxes` shows it."""

@@ -223,3 +223,26 @@ def test_reset_restores_the_start_up_state(sandbox: SandboxHandle) -> None:
     assert sandbox.stats()["faxes_created"] == 0
     assert sandbox.balance() == {"available": 1_000_000, "held": 0}
     assert sandbox.send_fax().status_code == 201
+
+
+def test_list_items_carry_the_key_and_filter_by_key_and_recipient(sandbox: SandboxHandle) -> None:
+    sandbox.configure(rate_limit_per_minute=0)
+    first = sandbox.send_fax("+15005550001", idempotency_key="key-a").json()["id"]
+    second = sandbox.send_fax("+15005550007", idempotency_key="key-b").json()["id"]
+    third = sandbox.send_fax("+15005550001", idempotency_key="key-c").json()["id"]
+    with sandbox.client() as client:
+        everything = client.get("/fax").json()
+        by_key = client.get("/fax", params={"idempotency_key": "key-b"}).json()
+        by_number = client.get("/fax", params={"to": "+15005550001"}).json()
+        both = client.get("/fax", params={"to": "+15005550001", "idempotency_key": "key-b"}).json()
+        empty = client.get("/fax", params={"to": ""})
+    assert [(f["id"], f["idempotency_key"]) for f in everything["data"]] == [
+        (third, "key-c"),
+        (second, "key-b"),
+        (first, "key-a"),
+    ]
+    assert [f["id"] for f in by_key["data"]] == [second]
+    assert by_key["total"] == 1 and by_key["has_more"] is False
+    assert [f["id"] for f in by_number["data"]] == [third, first]
+    assert both["data"] == [] and both["total"] == 0
+    assert "to" in _errors(empty)
