@@ -26,8 +26,9 @@ API (`/v1`, `Authorization: Bearer fx_test_...`; anything else, `fx_live_` inclu
   `X-Idempotency-Key`. Only magic numbers are accepted (other E.164 numbers: 422 on `to`).
 - `GET /v1/fax/{id}`, `GET /v1/fax?page=N` (`{data, page, per_page: 20, total, has_more}`, newest
   first; each item is the fax resource, `idempotency_key` included; optional exact-match filters
-  `idempotency_key=` and `to=`, `total` counting the matches), `GET /v1/account/balance` (`{available, held}` cents), `POST|GET /v1/account/webhooks`,
-  `DELETE /v1/account/webhooks/{id}` (204).
+  `idempotency_key=` and `to=`, `total` counting the matches), `GET /v1/account/balance`
+  (`{available, held}` cents), `POST|GET /v1/account/webhooks`, `DELETE
+  /v1/account/webhooks/{id}` (204).
 - Idempotency, 24 h of simulated time: same key + same body (`to`, file bytes, `retries`,
   `webhook_url`) replays the stored 201 with `Idempotent-Replayed: true`; a different body is 409
   `idempotency_key_reuse`; a request arriving while the first is still processing (i.e. during
