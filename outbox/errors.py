@@ -9,6 +9,7 @@
     ├── LeaseExpired                    retryable: a worker died mid-send; outcome unknown
     ├── FleetStateUnavailable           retryable: Redis (throttle, pause mirror) unreachable
     ├── UnexpectedError                 a bug in the send path; the outcome is unknown
+    ├── WebhookRefused                  a webhook request we will not act on (401/413/400)
     └── MintfaxError                    anything the mintfax API said or failed to say
         ├── TransportError              retryable: timeouts, resets, unreadable 2xx (the
         │   │                           request may have reached mintfax: outcome unknown)
@@ -204,6 +205,20 @@ class UnexpectedError(FaxOutboxError):
     def __init__(self, exc: BaseException) -> None:
         self.exception_type = type(exc).__name__
         super().__init__(f"unexpected {self.exception_type} while sending; outcome unknown")
+
+
+class WebhookRefused(FaxOutboxError):
+    """A webhook request that is not provably mintfax's, or not an event we can read.
+
+    `status` is the HTTP status to answer (401 signature or timestamp, 413 too large, 400 not a
+    JSON object or not an event). `reason` says which check failed, for the log only: the HTTP
+    body stays generic so a forger learns nothing. Neither ever holds a secret.
+    """
+
+    def __init__(self, reason: str, status: int) -> None:
+        self.reason = reason
+        self.status = status
+        super().__init__(f"webhook refused ({status}): {reason}")
 
 
 class TransportError(MintfaxError):
