@@ -1,0 +1,113 @@
+"""The mintfax webhook receiver: a Starlette app over `outbox.webhooks.verify_webhook`.
+
+`create_receiver(handle, secrets)` answers `POST /webhooks/mintfax` and `GET /healthz`, served
+by `faxout webhooks serve` or mounted in an application's own ASGI app
+(`Mount("/hooks", app=create_receiver(...))`). Per request: read at most `MAX_BODY_BYTES` (a
+larger Content-Length is refused before reading), verify, then `handle(event)` in a worker
+thread (one short database transaction: the event is recorded once and applied), then answer.
+Nothing else runs before the answer, so mintfax hears back well within its 5 s.
+
+Answers: 200 `{"ok": true, "result": ...}` (a duplicate too: it was applied before);
+401/413/400 with a generic body on a refusal, the real reason logged at WARNING; 503 when
+`handle` fails, so mintfax retries the event later.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+
+from pydantic import SecretStr
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from outbox.errors import WebhookRefused
+from outbox.events import FaxEvent
+from outbox.webhooks import BAD_REQUEST, MAX_BODY_BYTES, TOO_LARGE, verify_webhook
+
+log = logging.getLogger("workers.webhooks")
+
+WEBHOOK_PATH = "/webhooks/mintfax"
+HEALTH_PATH = "/healthz"
+
+# What a refused sender is told: the status only, never which check failed.
+_GENERIC_ERRORS = {401: "unauthorized", 413: "payload_too_large", 400: "bad_request"}
+
+
+def _utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+def create_receiver(
+    handle: Callable[[FaxEvent], str],
+    secrets: Callable[[], Sequence[SecretStr]],
+    clock: Callable[[], datetime] = _utc_now,
+) -> Starlette:
+    """The receiver app. `handle` applies one verified event and names the outcome ("applied",
+    "duplicate", ...); `secrets` is asked on every request, so a rotation can add a secret
+    without a restart; `clock` is what timestamps are judged against (injectable in tests)."""
+
+    async def receive(request: Request) -> JSONResponse:
+        try:
+            body = await read_limited(request, MAX_BODY_BYTES)
+            event = verify_webhook(body, request.headers, secrets(), clock())
+        except WebhookRefused as refused:
+            client = request.client.host if request.client else "?"
+            log.warning("webhook refused (%d) from %s: %s", refused.status, client, refused.reason)
+            return JSONResponse(
+                {"ok": False, "error": _GENERIC_ERRORS.get(refused.status, "refused")},
+                status_code=refused.status,
+            )
+        except ClientDisconnect:  # mintfax gave up mid-body; it retries the whole event
+            log.info("webhook sender disconnected before the body was read")
+            return JSONResponse({"ok": False, "error": "bad_request"}, status_code=400)
+        try:
+            result = await run_in_threadpool(handle, event)
+        except Exception as exc:
+            # Type only at ERROR: a database error's text can hold the event's data (numbers).
+            log.error(
+                "webhook %s (%s) not applied: %s; answering 503 so mintfax retries",
+                event.event_id,
+                event.event_type,
+                type(exc).__name__,
+            )
+            log.debug("webhook %s failure", event.event_id, exc_info=True)
+            return JSONResponse({"ok": False, "error": "unavailable"}, status_code=503)
+        log.debug("webhook %s (%s): %s", event.event_id, event.event_type, result)
+        return JSONResponse({"ok": True, "result": result})
+
+    async def healthz(request: Request) -> JSONResponse:
+        return JSONResponse({"ok": True})
+
+    return Starlette(
+        routes=[
+            Route(WEBHOOK_PATH, receive, methods=["POST"]),
+            Route(HEALTH_PATH, healthz, methods=["GET"]),
+        ]
+    )
+
+
+async def read_limited(request: Request, limit: int) -> bytes:
+    """The request body, refused (413) as soon as it is known to exceed `limit` bytes.
+
+    A Content-Length over the limit is refused before any of the body is read; otherwise
+    reading stops at the first chunk that takes the body past the limit.
+    """
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        if not (declared.isascii() and declared.isdigit()):
+            raise WebhookRefused("Content-Length is not a number", BAD_REQUEST)
+        if int(declared) > limit:
+            raise WebhookRefused(f"Content-Length {declared} exceeds {limit}", TOO_LARGE)
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise WebhookRefused(f"body exceeds {limit} bytes", TOO_LARGE)
+        chunks.append(chunk)
+    return b"".join(chunks)
