@@ -156,6 +156,14 @@ fax_outbox = Table(
     Column("completed_at", DateTime(timezone=True)),
     # Timestamp of the newest provider event applied, so an older event never wins.
     Column("last_event_at", DateTime(timezone=True)),
+    # What mintfax reported after acceptance: the carrier attempt in progress, and on a
+    # failure its error code and message (the row's final state, for the application).
+    Column("mintfax_attempt", Integer),
+    Column("error_code", Text),
+    Column("error_message", Text),
+    # Status polling of accepted rows without a final state: when next, and how many so far.
+    Column("next_poll_at", DateTime(timezone=True)),
+    Column("poll_attempts", Integer, nullable=False, server_default=text("0")),
     # Set when a relay has published the row's id; cleared by the claim. A row that stays
     # dispatched past its next_attempt_at had its message lost and is published again.
     Column("dispatched_at", DateTime(timezone=True)),
@@ -174,6 +182,7 @@ fax_outbox = Table(
     CheckConstraint(f"idempotency_key ~ '{HEADER_VALUE_SQL}'", name="idempotency_key_header_safe"),
     CheckConstraint("retries BETWEEN 0 AND 10", name="retries_range"),
     CheckConstraint("attempts >= 0", name="attempts_nonnegative"),
+    CheckConstraint("poll_attempts >= 0", name="poll_attempts_nonnegative"),
     CheckConstraint("jsonb_typeof(metadata) = 'object'", name="metadata_object"),
     CheckConstraint(
         # All three lease columns while sending (the token fences its writes), none otherwise.
@@ -307,3 +316,34 @@ alerts = Table(
 Index("alerts_created_at_idx", alerts.c.created_at)
 # Alerts not yet delivered to the webhook (few), in delivery order.
 Index("alerts_undelivered_idx", alerts.c.id, postgresql_where=text("notified_at IS NULL"))
+
+
+# Every webhook event, recorded once in the transaction that applies it (migration 0008).
+# `observation` is what it says about its fax (outbox.events.FaxObservation, as JSON); an
+# event whose fax id no row holds yet waits as `pending` until a row stores that id.
+EVENT_OUTCOMES = ("applied", "stale", "pending", "ignored")
+fax_events = Table(
+    "fax_events",
+    metadata,
+    Column("id", BigInteger, Identity(always=False), primary_key=True),
+    Column("event_id", Text, nullable=False),
+    Column("event_type", Text, nullable=False),
+    Column("mintfax_fax_id", Text),
+    Column("outbox_id", BigInteger, ForeignKey("fax_outbox.id", ondelete="SET NULL")),
+    Column("occurred_at", DateTime(timezone=True), nullable=False),
+    Column("received_at", DateTime(timezone=True), nullable=False, server_default=_NOW),
+    Column("observation", JSONB),
+    Column("payload", JSONB, nullable=False),
+    Column("outcome", Text, nullable=False),
+    Column("applied_at", DateTime(timezone=True)),
+    UniqueConstraint("event_id"),
+    CheckConstraint(
+        "outcome IN (" + ", ".join(f"'{o}'" for o in EVENT_OUTCOMES) + ")", name="outcome_known"
+    ),
+)
+Index(
+    "fax_events_pending_idx",
+    fax_events.c.mintfax_fax_id,
+    postgresql_where=text("outcome = 'pending'"),
+)
+Index("fax_events_outbox_id_idx", fax_events.c.outbox_id)

@@ -35,7 +35,8 @@ from sqlalchemy.dialects import postgresql
 from sqlalchemy.dialects.postgresql import JSONB, insert
 from sqlalchemy.sql.dml import ReturningInsert
 
-from outbox.models import FaxStatus, alerts, fax_attempts, fax_outbox, fleet_pauses
+from outbox.events import FaxEvent, FaxObservation
+from outbox.models import FaxStatus, alerts, fax_attempts, fax_events, fax_outbox, fleet_pauses
 
 _PSYCOPG_DIALECT = postgresql.psycopg.dialect()  # type: ignore[no-untyped-call]
 
@@ -849,3 +850,107 @@ def rejections_in_a_row(conn: Connection, *, error_code: str | None, limit: int)
             break
         streak += 1
     return streak
+
+
+# --- reconciliation ----------------------------------------------------------------------------
+
+
+def lock_fax_events(conn: Connection, mintfax_fax_id: str) -> None:
+    """Serialise, per fax id, applying what mintfax says with storing the id on a row (the
+    trigger of migration 0008 takes the same lock), until the transaction ends."""
+    conn.execute(
+        text("SELECT pg_advisory_xact_lock(hashtext('fax_events:' || :fax_id))"),
+        {"fax_id": mintfax_fax_id},
+    )
+
+
+def record_event(
+    conn: Connection, event: FaxEvent, observation: FaxObservation | None
+) -> int | None:
+    """Record a webhook event unless its id was seen before; its row id, or None (duplicate)."""
+    e = fax_events.c
+    return conn.execute(
+        insert(fax_events)
+        .values(
+            event_id=event.event_id,
+            event_type=event.event_type,
+            mintfax_fax_id=observation.mintfax_fax_id if observation else None,
+            occurred_at=event.occurred_at,
+            observation=None if observation is None else _observation_json(observation),
+            payload=dict(event.payload),
+            outcome="ignored",
+        )
+        .on_conflict_do_nothing(index_elements=[e.event_id])
+        .returning(e.id)
+    ).scalar_one_or_none()
+
+
+def mark_event(conn: Connection, event_row: int, outcome: str) -> None:
+    """What became of a recorded event (`applied`, `stale`, `pending`, `ignored`)."""
+    e = fax_events.c
+    conn.execute(
+        update(fax_events)
+        .where(e.id == event_row)
+        .values(
+            outcome=outcome,
+            applied_at=None if outcome == "pending" else func.now(),
+            outbox_id=select(fax_outbox.c.id)
+            .where(fax_outbox.c.mintfax_fax_id == e.mintfax_fax_id)
+            .scalar_subquery(),
+        )
+    )
+
+
+_APPLY_OBSERVATION = text(
+    """
+    SELECT fax_outbox_apply_observation(:fax_id, :status, :observed_at, :pages, :attempt,
+                                        :error_code, :error_message, :completed_at)
+    """
+)
+
+
+def apply_observation(conn: Connection, observation: FaxObservation) -> str:
+    """The state-transition function (migration 0008): 'applied', 'stale', 'pending' or
+    'ignored'. Take `lock_fax_events` first in the same transaction."""
+    return str(
+        conn.execute(
+            _APPLY_OBSERVATION,
+            {
+                "fax_id": observation.mintfax_fax_id,
+                "status": observation.status,
+                "observed_at": observation.observed_at,
+                "pages": observation.pages,
+                "attempt": observation.attempt,
+                "error_code": observation.error_code,
+                "error_message": observation.error_message,
+                "completed_at": observation.completed_at,
+            },
+        ).scalar_one()
+    )
+
+
+def latest_event_id(conn: Connection, event_type: str) -> str | None:
+    """The id of the newest recorded event of `event_type`."""
+    e = fax_events.c
+    found: str | None = conn.execute(
+        select(e.event_id)
+        .where(e.event_type == event_type)
+        .order_by(e.occurred_at.desc(), e.id.desc())
+        .limit(1)
+    ).scalar_one_or_none()
+    return found
+
+
+def _observation_json(observation: FaxObservation) -> dict[str, Any]:
+    def iso(moment: datetime | None) -> str | None:
+        return None if moment is None else moment.isoformat()
+
+    return {
+        "status": observation.status,
+        "observed_at": iso(observation.observed_at),
+        "pages": observation.pages,
+        "attempt": observation.attempt,
+        "error_code": observation.error_code,
+        "error_message": observation.error_message,
+        "completed_at": iso(observation.completed_at),
+    }

@@ -29,6 +29,7 @@ from outbox.db import make_engine
 from outbox.dispatch import Dispatcher, ids_per_message_for
 from outbox.fax_client import MintfaxClient
 from outbox.pause import FleetControl, PauseMirror
+from outbox.reconcile import Reconciler
 from outbox.rescuer import LeaseRescuer
 from outbox.retry import RetryPolicy
 from outbox.settings import Settings
@@ -144,6 +145,10 @@ class Runtime:
         return LeaseRescuer(
             self.engine, self.alerter, self.clock, max_attempts=self.settings.max_submit_attempts
         )
+
+    @cached_property
+    def reconciler(self) -> Reconciler:
+        return Reconciler(self.engine, self.alerter, self.fleet, self.clock)
 
     @cached_property
     def submit_context(self) -> SubmitContext:

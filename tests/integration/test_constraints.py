@@ -168,6 +168,12 @@ SYSTEM_VALUES: dict[str, Any] = {
     # Added after 0005; refused by 0007's second insert trigger.
     "review_count": 1,
     "outcome_unknown": True,
+    # Added by 0008 (reconciliation), refused by the same trigger.
+    "error_code": "busy",
+    "error_message": "the line was busy",
+    "mintfax_attempt": 1,
+    "next_poll_at": "2030-01-01T00:00:00Z",
+    "poll_attempts": 1,
 }
 # Not set by the caller and not checked by the insert trigger: the identity (a caller-given id
 # cannot be told from the sequence's in a BEFORE trigger) and the derived fingerprint (always

@@ -1,0 +1,154 @@
+"""Reconciliation: what mintfax says after a 201 moves each row to its true final state.
+
+One state-transition function applies webhook events, status polls and operator lookups alike:
+`fax_outbox_apply_observation` in the database (migration 0008), called through
+`repository.apply_observation`. Statuses move only forward, terminal states are sticky, and an
+older observation never overwrites a newer one (invariant 6).
+
+Webhook events (`Reconciler.handle_event`) are recorded once, by their unique id, in the same
+transaction that applies them: a duplicate changes nothing. An event about a fax id no row
+holds yet (the webhook beat the worker that stores the id) is kept as `pending` and applied by
+a database trigger the moment a row stores that id; both sides take the same advisory lock on
+the fax id first, so whichever commits first, the event is applied exactly once.
+
+`balance.low` raises one alert per episode (an episode ends with a top-up); `balance.topup`
+ends a balance pause of the fleet.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+from sqlalchemy import Connection, Engine
+
+from outbox import repository
+from outbox.alerts import Alert, Alerter
+from outbox.clock import Clock
+from outbox.events import FAX_EVENTS, FaxEvent, FaxObservation
+from outbox.models import PauseReason
+from outbox.pause import FleetControl
+
+log = logging.getLogger("faxout.reconcile")
+
+
+class EventResult(StrEnum):
+    """What became of one webhook event."""
+
+    APPLIED = "applied"  # it moved its row (or acted on the balance)
+    STALE = "stale"  # a row holds the fax id, but the news was older or the row is final
+    PENDING = "pending"  # no row holds the fax id yet: kept, applied when one does
+    IGNORED = "ignored"  # an event type or status we do not act on
+    DUPLICATE = "duplicate"  # seen before (same event id): nothing changed
+
+
+def observation_from_resource(
+    resource: Mapping[str, Any], observed_at: datetime | None = None
+) -> FaxObservation | None:
+    """What a fax resource (an event's `data`, or `GET /fax/{id}`) says; None without an id."""
+    fax_id, status = resource.get("id"), resource.get("status")
+    if not isinstance(fax_id, str) or not fax_id or not isinstance(status, str):
+        return None
+    attempts = resource.get("attempts")
+    attempt = len(attempts) if isinstance(attempts, list) and attempts else None
+    when = observed_at or _timestamp(resource.get("updated_at")) or datetime.now(UTC)
+    return FaxObservation(
+        mintfax_fax_id=fax_id,
+        status=status,
+        observed_at=when,
+        pages=_int(resource.get("pages")),
+        attempt=attempt,
+        error_code=_str(resource.get("error_code")),
+        error_message=_str(resource.get("error_message")),
+        completed_at=_timestamp(resource.get("completed_at")),
+    )
+
+
+class Reconciler:
+    """Applies what mintfax tells: webhook events and observations (polls, lookups)."""
+
+    def __init__(
+        self, engine: Engine, alerter: Alerter, fleet: FleetControl | None, clock: Clock
+    ) -> None:
+        self._engine = engine
+        self._alerter = alerter
+        self._fleet = fleet
+        self._clock = clock
+
+    def handle_event(self, event: FaxEvent) -> EventResult:
+        """Record `event` once and apply it, in one short transaction; then its side effects
+        (a resumed fleet, alert delivery), which never undo what was recorded."""
+        observation = (
+            observation_from_resource(event.data, event.occurred_at)
+            if event.event_type in FAX_EVENTS
+            else None
+        )
+        alert_ids: list[int] = []
+        with self._engine.begin() as conn:
+            if observation is not None:
+                # Before the duplicate check: see the module docstring (one lock per fax id).
+                repository.lock_fax_events(conn, observation.mintfax_fax_id)
+            event_row = repository.record_event(conn, event, observation)
+            if event_row is None:
+                return EventResult.DUPLICATE
+            if observation is not None:
+                result = EventResult(repository.apply_observation(conn, observation))
+            elif event.event_type == "balance.low":
+                alert_id = self._alerter.record(conn, _low_balance_alert(conn, event))
+                alert_ids += [alert_id] if alert_id else []
+                result = EventResult.APPLIED
+            elif event.event_type == "balance.topup":
+                result = EventResult.APPLIED
+            else:
+                result = EventResult.IGNORED
+            repository.mark_event(conn, event_row, result.value)
+        if event.event_type == "balance.topup" and self._fleet is not None:
+            ended = self._fleet.resume(
+                by="mintfax:balance.topup", reasons=[PauseReason.INSUFFICIENT_BALANCE.value]
+            )
+            if ended:
+                log.info("balance topped up: the fleet's balance pause ended")
+        self._alerter.deliver(self._engine, alert_ids)
+        return result
+
+    def apply_observation(self, conn: Connection, observation: FaxObservation) -> EventResult:
+        """Apply one observation (a poll, a lookup) in the caller's transaction."""
+        repository.lock_fax_events(conn, observation.mintfax_fax_id)
+        return EventResult(repository.apply_observation(conn, observation))
+
+
+def _low_balance_alert(conn: Connection, event: FaxEvent) -> Alert:
+    # One alert per episode: an episode runs from one top-up to the next.
+    episode = repository.latest_event_id(conn, "balance.topup") or "start"
+    available = event.data.get("available")
+    return Alert(
+        kind="balance_low",
+        dedupe_key=f"balance_low:after:{episode}",
+        message=(
+            f"mintfax balance is low ({available} cents available): top up before it runs out "
+            "(a 402 would pause the fleet)"
+        ),
+        severity="warning",
+        detail={"available": available, "held": event.data.get("held"), "event": event.event_id},
+    )
+
+
+def _timestamp(value: object) -> datetime | None:
+    if not isinstance(value, str) or not value:
+        return None
+    try:
+        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+
+
+def _int(value: object) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _str(value: object) -> str | None:
+    return value if isinstance(value, str) and value else None

@@ -1,0 +1,194 @@
+"""Reconciliation on a real database (issue 9, item 1's state transitions and item 6's NOTIFY):
+events recorded once, statuses only forward, terminal states sticky, older news never wins, an
+event that beats the worker applied the moment the fax id is stored, the application told."""
+
+from __future__ import annotations
+
+import json
+import threading
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import psycopg
+import pytest
+from sqlalchemy import Engine, select
+
+from outbox.alerts import Alerter
+from outbox.clock import FrozenClock
+from outbox.events import FaxEvent
+from outbox.models import fax_events
+from outbox.reconcile import EventResult, Reconciler
+from outbox.submit import Outcome
+from tests.integration.test_submit import Harness, accepted, harness  # noqa: F401
+
+T0 = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
+
+
+def event(kind: str, fax_id: str, at: datetime, **data: Any) -> FaxEvent:
+    status = {
+        "fax.queued": "queued",
+        "fax.sending": "in_progress",
+        "fax.retry_scheduled": "in_progress",
+        "fax.delivered": "delivered",
+        "fax.failed": "failed",
+    }.get(kind)
+    body = {"id": fax_id, "status": status, **data}
+    event_id = f"evt_{uuid.uuid4().hex}"
+    envelope = {"event_id": event_id, "event": kind, "timestamp": at.isoformat(), "data": body}
+    return FaxEvent(event_id, kind, at, body, envelope)
+
+
+@pytest.fixture
+def reconciler(engine: Engine) -> Reconciler:
+    return Reconciler(engine, Alerter(FrozenClock(T0)), None, FrozenClock(T0))
+
+
+def submitted(harness: Harness, fax_id: str, ref: str = "r1") -> int:  # noqa: F811
+    """A row accepted by mintfax as `fax_id`, through the real submit path."""
+    row = harness.enqueue(ref=ref)
+    harness.sender.script = [accepted(fax_id)]
+    harness.dispatch()
+    assert harness.submit(row) is Outcome.SUBMITTED
+    return row
+
+
+def test_delivered_closes_the_row_with_pages_and_time(
+    harness: Harness,  # noqa: F811
+    reconciler: Reconciler,
+) -> None:
+    row = submitted(harness, "fax-a")
+    done = event("fax.delivered", "fax-a", T0, pages=3, completed_at=T0.isoformat())
+    assert reconciler.handle_event(done) is EventResult.APPLIED
+    state = harness.row(row)
+    assert (state["status"], state["pages"], state["completed_at"]) == ("delivered", 3, T0)
+    assert state["mintfax_status"] == "delivered"
+
+
+def test_failed_keeps_mintfaxs_error_code_and_message(
+    harness: Harness,  # noqa: F811
+    reconciler: Reconciler,
+) -> None:
+    row = submitted(harness, "fax-b")
+    failed = event("fax.failed", "fax-b", T0, error_code="busy", error_message="line busy")
+    assert reconciler.handle_event(failed) is EventResult.APPLIED
+    state = harness.row(row)
+    assert (state["status"], state["status_reason"]) == ("failed", "busy")
+    assert (state["error_code"], state["error_message"]) == ("busy", "line busy")
+
+
+def test_a_duplicate_event_is_recorded_once_and_changes_nothing(
+    harness: Harness,  # noqa: F811
+    reconciler: Reconciler,
+    engine: Engine,
+) -> None:
+    submitted(harness, "fax-c")
+    sending = event("fax.sending", "fax-c", T0)
+    assert reconciler.handle_event(sending) is EventResult.APPLIED
+    assert reconciler.handle_event(sending) is EventResult.DUPLICATE
+    with engine.connect() as conn:
+        assert len(conn.execute(select(fax_events)).all()) == 1
+
+
+def test_statuses_only_move_forward_and_older_news_never_wins(
+    harness: Harness,  # noqa: F811
+    reconciler: Reconciler,
+) -> None:
+    row = submitted(harness, "fax-d")
+    later, earlier = T0 + timedelta(seconds=30), T0
+    assert reconciler.handle_event(event("fax.sending", "fax-d", later)) is EventResult.APPLIED
+    # Reordered: an older event of the same rank, then one of a lower rank.
+    assert reconciler.handle_event(event("fax.sending", "fax-d", earlier)) is EventResult.STALE
+    assert reconciler.handle_event(event("fax.queued", "fax-d", later)) is EventResult.STALE
+    assert harness.row(row)["last_event_at"] == later
+    assert reconciler.handle_event(event("fax.delivered", "fax-d", later)) is EventResult.APPLIED
+    # Terminal is sticky, whatever arrives after it.
+    failed = event("fax.failed", "fax-d", later + timedelta(minutes=5), error_code="busy")
+    assert reconciler.handle_event(failed) is EventResult.STALE
+    assert harness.row(row)["status"] == "delivered"
+
+
+def test_an_event_that_beats_the_worker_is_applied_when_the_fax_id_is_stored(
+    harness: Harness,  # noqa: F811
+    reconciler: Reconciler,
+    engine: Engine,
+) -> None:
+    early = event("fax.delivered", "fax-e", T0, pages=2)
+    assert reconciler.handle_event(early) is EventResult.PENDING
+    row = submitted(harness, "fax-e")  # the worker stores the id now
+    state = harness.row(row)
+    assert (state["status"], state["pages"]) == ("delivered", 2)
+    with engine.connect() as conn:
+        [(outcome, outbox_id)] = conn.execute(
+            select(fax_events.c.outcome, fax_events.c.outbox_id)
+        ).all()
+    assert (outcome, outbox_id) == ("applied", row)
+
+
+def test_the_race_between_webhook_and_worker_never_loses_the_event(
+    harness: Harness,  # noqa: F811
+    reconciler: Reconciler,
+) -> None:
+    # Both orders, many times, with the two sides running at the same moment.
+    rows = []
+    for n in range(30):
+        fax_id = f"fax-race-{n}"
+        row = harness.enqueue(ref=f"race-{n}")
+        harness.sender.script = [accepted(fax_id)]
+        harness.dispatch()
+        start = threading.Barrier(2)
+
+        def webhook(fax_id: str, start: threading.Barrier) -> None:
+            start.wait()
+            reconciler.handle_event(event("fax.delivered", fax_id, T0))
+
+        thread = threading.Thread(target=webhook, args=(fax_id, start))
+        thread.start()
+        start.wait()
+        assert harness.submit(row) is Outcome.SUBMITTED or harness.row(row)["status"] == "delivered"
+        thread.join()
+        rows.append(row)
+    assert [harness.row(r)["status"] for r in rows] == ["delivered"] * len(rows)
+
+
+def test_balance_low_alerts_once_per_episode(
+    engine: Engine,
+    reconciler: Reconciler,
+    harness: Harness,  # noqa: F811
+) -> None:
+    def balance(kind: str, at: datetime) -> FaxEvent:
+        data = {"available": 100, "held": 0, "currency": "USD"}
+        eid = f"evt_{uuid.uuid4().hex}"
+        return FaxEvent(eid, kind, at, data, {"event_id": eid, "event": kind, "data": data})
+
+    for minute in range(3):  # mintfax may repeat balance.low while it hovers
+        reconciler.handle_event(balance("balance.low", T0 + timedelta(minutes=minute)))
+    reconciler.handle_event(balance("balance.topup", T0 + timedelta(minutes=5)))
+    reconciler.handle_event(balance("balance.low", T0 + timedelta(minutes=9)))
+    assert [a["kind"] for a in harness.alerts()] == ["balance_low", "balance_low"]
+
+
+@pytest.fixture
+def listener(database_url: str) -> Iterator[psycopg.Connection[Any]]:
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute("LISTEN fax_outbox_final")
+        yield conn
+
+
+def test_the_application_hears_each_final_state_once(
+    harness: Harness,  # noqa: F811
+    reconciler: Reconciler,
+    listener: psycopg.Connection[Any],
+) -> None:
+    rows = [submitted(harness, f"fax-n{n}", ref=f"n{n}") for n in range(3)]
+    for n, kind in enumerate(["fax.delivered", "fax.failed", "fax.delivered"]):
+        for _ in range(2):  # a duplicate final event notifies nothing more
+            reconciler.handle_event(event(kind, f"fax-n{n}", T0 + timedelta(seconds=n)))
+    heard = [json.loads(n.payload) for n in listener.notifies(timeout=1.0, stop_after=10)]
+    assert sorted((h["id"], h["status"]) for h in heard) == [
+        (rows[0], "delivered"),
+        (rows[1], "failed"),
+        (rows[2], "delivered"),
+    ]
+    assert {h["reference"] for h in heard} == {"n0", "n1", "n2"}
