@@ -13,6 +13,7 @@ from outbox.errors import (
     ValidationFailed,
 )
 from outbox.keys import derive_idempotency_key, document_sha256
+from outbox.lookup import FaxState, fax_state, fax_states_by_reference
 from outbox.models import FaxStatus
 from outbox.settings import Settings
 
@@ -21,6 +22,7 @@ __all__ = [
     "EnqueueResult",
     "FaxIntent",
     "FaxOutboxError",
+    "FaxState",
     "FaxStatus",
     "FieldError",
     "IdempotencyConflict",
@@ -30,4 +32,6 @@ __all__ = [
     "document_sha256",
     "enqueue_fax",
     "enqueue_faxes",
+    "fax_state",
+    "fax_states_by_reference",
 ]

@@ -954,3 +954,32 @@ def _observation_json(observation: FaxObservation) -> dict[str, Any]:
         "error_message": observation.error_message,
         "completed_at": iso(observation.completed_at),
     }
+
+_STATE_COLUMNS = (
+    "id",
+    "reference",
+    "status",
+    "status_reason",
+    "mintfax_fax_id",
+    "pages",
+    "error_code",
+    "error_message",
+    "submitted_at",
+    "completed_at",
+)
+
+
+def fax_states(
+    conn: Connection, *, fax_id: int | None = None, reference: str | None = None
+) -> list[dict[str, Any]]:
+    """The application-facing columns of one fax (by id) or of a reference's faxes."""
+    c = fax_outbox.c
+    statement = select(*(c[name] for name in _STATE_COLUMNS)).order_by(c.id.desc())
+    if fax_id is not None:
+        statement = statement.where(c.id == fax_id)
+    if reference is not None:
+        statement = statement.where(c.reference == reference)
+    rows = [dict(row._mapping) for row in conn.execute(statement)]
+    for row in rows:
+        row["status"] = FaxStatus(row["status"])
+    return rows

@@ -15,6 +15,7 @@ import psycopg
 import pytest
 from sqlalchemy import Engine, select
 
+from outbox import fax_state, fax_states_by_reference
 from outbox.alerts import Alerter
 from outbox.clock import FrozenClock
 from outbox.events import FaxEvent
@@ -192,3 +193,28 @@ def test_the_application_hears_each_final_state_once(
         (rows[2], "delivered"),
     ]
     assert {h["reference"] for h in heard} == {"n0", "n1", "n2"}
+
+
+def test_the_helper_reads_a_faxs_state_by_id_and_by_reference(
+    harness: Harness,  # noqa: F811
+    reconciler: Reconciler,
+    engine: Engine,
+) -> None:
+    row = submitted(harness, "fax-h", ref="invoice-7")
+    with engine.connect() as conn:
+        before = fax_state(conn, row)
+    assert before is not None and (before.status, before.final) == ("submitted", False)
+    failed = event("fax.failed", "fax-h", T0, error_code="no_answer", error_message="no answer")
+    reconciler.handle_event(failed)
+    with engine.connect() as conn:
+        after = fax_state(conn, row)
+        [same] = fax_states_by_reference(conn, "invoice-7")
+        assert fax_state(conn, row + 1000) is None
+    assert after == same
+    assert after is not None and after.final
+    assert (after.status, after.error_code, after.error_message) == (
+        "failed",
+        "no_answer",
+        "no answer",
+    )
+    assert after.mintfax_fax_id == "fax-h" and after.completed_at == T0
