@@ -245,6 +245,46 @@ class MintfaxClient:
         """The fax resource as mintfax reports it now (`GET /fax/{id}`), for status polling."""
         return self._json_object(self._request("GET", f"fax/{_path_segment(fax_id)}"))
 
+    def find_faxes(
+        self,
+        *,
+        idempotency_key: str | None = None,
+        to: str | None = None,
+        max_pages: int = 50,
+    ) -> list[dict[str, Any]]:
+        """The faxes mintfax lists (`GET /fax?page=N`) with this `idempotency_key` and/or
+        recipient `to`, newest first, for resolving an unknown outcome (issue 9, item 3).
+
+        The filters are sent as query parameters and applied again here on each item, so a
+        list endpoint that ignores them still answers only matches. Pages are read while
+        mintfax says `has_more`, up to `max_pages` (20 faxes each); more than that raises
+        `TransportError` rather than answer "no such fax" on a partial reading.
+        """
+        if idempotency_key is None and to is None:
+            raise ValueError("find_faxes needs idempotency_key or to")
+        params = {
+            name: value
+            for name, value in (("idempotency_key", idempotency_key), ("to", to))
+            if value is not None
+        }
+        found: list[dict[str, Any]] = []
+        for page in range(1, max_pages + 1):
+            response = self._request("GET", "fax", params={**params, "page": page})
+            body = self._json(response)
+            items = body.get("data") if isinstance(body, dict) else body
+            if not isinstance(items, list) or not all(isinstance(i, dict) for i in items):
+                self._unusable_success(response, "is not a list of faxes")
+            found += [
+                item
+                for item in items
+                if all(item.get(name) == value for name, value in params.items())
+            ]
+            if not (isinstance(body, dict) and body.get("has_more") is True and items):
+                return found
+        raise TransportError(
+            f"GET /fax listed more than {max_pages} pages of matches; the lookup is incomplete"
+        )
+
     def get_balance(self) -> Balance:
         """The environment's prepaid balance (`GET /account/balance`), in cents."""
         response = self._request("GET", "account/balance")

@@ -347,3 +347,26 @@ Index(
     postgresql_where=text("outcome = 'pending'"),
 )
 Index("fax_events_outbox_id_idx", fax_events.c.outbox_id)
+
+
+# --- status polling and balance watch (migration 0009) ---
+# Status polling walks this index and nothing else: never-polled rows (next_poll_at IS NULL)
+# and rows whose next poll is due, among the accepted rows without a final state.
+Index(
+    "fax_outbox_poll_due_idx",
+    fax_outbox.c.next_poll_at,
+    fax_outbox.c.id,
+    postgresql_where=text("status = 'submitted'"),
+)
+# mintfax's balance as the balance watch read it (recent readings only); `low_since` names the
+# low-balance episode a reading belongs to (NULL when the balance is not low).
+balance_snapshots = Table(
+    "balance_snapshots",
+    metadata,
+    Column("id", BigInteger, Identity(always=False), primary_key=True),
+    Column("observed_at", DateTime(timezone=True), nullable=False),
+    Column("available", BigInteger, nullable=False),
+    Column("held", BigInteger, nullable=False),
+    Column("low_since", DateTime(timezone=True)),
+)
+Index("balance_snapshots_observed_at_idx", balance_snapshots.c.observed_at)

@@ -852,6 +852,180 @@ def rejections_in_a_row(conn: Connection, *, error_code: str | None, limit: int)
     return streak
 
 
+# --- status polling (outbox/poller.py) ---------------------------------------------------------
+
+# Rows mintfax accepted that are due a status poll, walked along `fax_outbox_poll_due_idx`
+# (next_poll_at, id) WHERE status = 'submitted': never-polled rows (next_poll_at IS NULL, a
+# range of that index bounded by what was accepted in the last FAXOUT_POLL_AFTER_SECONDS)
+# whose acceptance is old enough, then rows whose next poll is due. Taking them moves
+# next_poll_at forward by :hold seconds, so a concurrent pass skips them; the pass sets the
+# real next poll after reading the fax, or gives the row back (`release_poll_claims`).
+_CLAIM_FOR_POLL = text(
+    """
+    WITH fresh AS (
+        SELECT id FROM fax_outbox
+        WHERE status = 'submitted' AND next_poll_at IS NULL
+          AND submitted_at <= coalesce(CAST(:now AS timestamptz), now())
+                              - make_interval(secs => :poll_after)
+        ORDER BY next_poll_at, id
+        LIMIT :limit
+        FOR UPDATE SKIP LOCKED
+    ), again AS (
+        SELECT id FROM fax_outbox
+        WHERE status = 'submitted' AND next_poll_at <= coalesce(CAST(:now AS timestamptz), now())
+        ORDER BY next_poll_at, id
+        LIMIT :limit
+        FOR UPDATE SKIP LOCKED
+    ), due AS (
+        SELECT id FROM (SELECT id FROM fresh UNION ALL SELECT id FROM again) AS both_kinds
+        LIMIT :limit
+    )
+    UPDATE fax_outbox AS f
+    SET next_poll_at = coalesce(CAST(:now AS timestamptz), now()) + make_interval(secs => :hold)
+    FROM due
+    WHERE f.id = due.id
+    RETURNING f.id, f.mintfax_fax_id, f.poll_attempts
+    """
+)
+
+# Sends come first: pending rows that are due, or about to be (a dispatched row's
+# next_attempt_at sits FAXOUT_REDISPATCH_SECONDS ahead until it is claimed), while no pause
+# stops them. One probe of `fax_outbox_due_idx`.
+_SENDS_WAITING = text(
+    """
+    SELECT EXISTS (
+        SELECT 1 FROM fax_outbox
+        WHERE status = 'pending'
+          AND next_attempt_at <= coalesce(CAST(:now AS timestamptz), now())
+                                 + make_interval(secs => :horizon)
+    ) AND NOT EXISTS (SELECT 1 FROM fleet_pauses WHERE ended_at IS NULL)
+    """
+)
+
+
+@dataclass(frozen=True, slots=True)
+class PollTarget:
+    """A submitted row taken for one status poll."""
+
+    id: int
+    mintfax_fax_id: str
+    poll_attempts: int  # polls made before this one
+
+
+def sends_waiting(conn: Connection, *, now: datetime | None, horizon: float) -> bool:
+    """True while sends are due within `horizon` seconds and no pause holds them back."""
+    return bool(conn.execute(_SENDS_WAITING, {"now": now, "horizon": horizon}).scalar_one())
+
+
+def claim_for_poll(
+    conn: Connection, *, now: datetime | None, poll_after: float, hold: float, limit: int
+) -> list[PollTarget]:
+    """Take up to `limit` submitted rows due a poll (see `_CLAIM_FOR_POLL`), for `hold` s."""
+    result = conn.execute(
+        _CLAIM_FOR_POLL, {"now": now, "poll_after": poll_after, "hold": hold, "limit": limit}
+    )
+    return [PollTarget(row_id, fax_id, polls) for row_id, fax_id, polls in result]
+
+
+def release_poll_claims(conn: Connection, ids: Sequence[int], *, now: datetime | None) -> int:
+    """Give taken rows back unpolled: due again now. Returns how many."""
+    if not ids:
+        return 0
+    result = conn.execute(
+        text(
+            "UPDATE fax_outbox SET next_poll_at = coalesce(CAST(:now AS timestamptz), now()) "
+            "WHERE id = ANY(:ids) AND status = 'submitted'"
+        ),
+        {"now": now, "ids": list(ids)},
+    )
+    return result.rowcount
+
+
+def schedule_next_poll(
+    conn: Connection, fax_id: int, *, now: datetime | None, delay: float
+) -> bool:
+    """Count one poll of a row still `submitted` and set its next one `delay` s from now."""
+    result = conn.execute(
+        text(
+            "UPDATE fax_outbox SET poll_attempts = poll_attempts + 1, "
+            "next_poll_at = coalesce(CAST(:now AS timestamptz), now()) "
+            "+ make_interval(secs => :delay) "
+            "WHERE id = :id AND status = 'submitted'"
+        ),
+        {"now": now, "delay": delay, "id": fax_id},
+    )
+    return result.rowcount == 1
+
+
+# --- balance watch (outbox/balance_watch.py) ---------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class BalanceSnapshot:
+    """One reading of mintfax's balance; `low_since` is the start of its low-balance episode."""
+
+    observed_at: datetime
+    available: int
+    held: int
+    low_since: datetime | None
+
+
+def lock_balance_watch(conn: Connection) -> None:
+    """Serialise balance-watch passes (two beats, a slow pass) until the transaction ends."""
+    conn.execute(text("SELECT pg_advisory_xact_lock(hashtext('faxout.balance_watch'))"))
+
+
+def latest_balance_snapshot(conn: Connection) -> BalanceSnapshot | None:
+    """The newest stored reading, or None."""
+    row = conn.execute(
+        text(
+            "SELECT observed_at, available, held, low_since FROM balance_snapshots "
+            "ORDER BY observed_at DESC, id DESC LIMIT 1"
+        )
+    ).one_or_none()
+    return None if row is None else BalanceSnapshot(*row)
+
+
+def record_balance_snapshot(
+    conn: Connection,
+    *,
+    now: datetime | None,
+    available: int,
+    held: int,
+    low_since: datetime | None,
+    start_episode: bool,
+    keep_seconds: float,
+) -> BalanceSnapshot:
+    """Store a reading (a new episode starts at its own time when `start_episode`) and drop
+    readings older than `keep_seconds`. Returns the stored snapshot."""
+    row = conn.execute(
+        text(
+            """
+            INSERT INTO balance_snapshots (observed_at, available, held, low_since)
+            VALUES (coalesce(CAST(:now AS timestamptz), now()), :available, :held,
+                    CASE WHEN :start THEN coalesce(CAST(:now AS timestamptz), now())
+                         ELSE CAST(:low_since AS timestamptz) END)
+            RETURNING observed_at, available, held, low_since
+            """
+        ),
+        {
+            "now": now,
+            "available": available,
+            "held": held,
+            "low_since": low_since,
+            "start": start_episode,
+        },
+    ).one()
+    conn.execute(
+        text(
+            "DELETE FROM balance_snapshots "
+            "WHERE observed_at < CAST(:at AS timestamptz) - make_interval(secs => :keep)"
+        ),
+        {"at": row[0], "keep": keep_seconds},
+    )
+    return BalanceSnapshot(*row)
+
+
 # --- reconciliation ----------------------------------------------------------------------------
 
 

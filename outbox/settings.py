@@ -39,6 +39,11 @@ DEFAULT_REDISPATCH_SECONDS = 20.0
 DEFAULT_HTTP_TIMEOUT_SECONDS = 30.0
 # This many faxes in a row refused by mintfax with the same error pause the fleet (0: never).
 DEFAULT_REJECTION_BREAKER = 10
+# Status polling and the balance watch (their knobs are below, in `Settings`).
+DEFAULT_POLL_AFTER_SECONDS = 600.0
+DEFAULT_POLL_SHARE = 0.2
+DEFAULT_LOW_BALANCE_CENTS = 500
+DEFAULT_RESUME_BALANCE_CENTS = 1000
 # The longest throttle wait a worker sleeps while holding a lease (longer: it gives the row back).
 MAX_INLINE_WAIT_SECONDS = 1.0
 # What a lease must hold beyond the request and the inline wait: the claim's and the record's
@@ -127,6 +132,24 @@ class Settings(BaseSettings):
     # Redis redelivers an unacknowledged message after this long; it must exceed any task.
     broker_visibility_timeout: int = Field(
         default=6 * 3600, ge=1, validation_alias="FAXOUT_BROKER_VISIBILITY_TIMEOUT"
+    )
+    # --- status polling and balance watch (outbox/poller.py, outbox/balance_watch.py) ---
+    # A row accepted this long ago without a final state is read with GET /fax/{id}.
+    poll_after_seconds: float = Field(
+        default=DEFAULT_POLL_AFTER_SECONDS, ge=1, le=7 * 86_400,
+        validation_alias="FAXOUT_POLL_AFTER_SECONDS",
+    )  # fmt: skip
+    # The largest share of FAXOUT_RATE_LIMIT_PER_MINUTE polls may take (0 turns polling off).
+    poll_share: float = Field(
+        default=DEFAULT_POLL_SHARE, ge=0, le=1, validation_alias="FAXOUT_POLL_SHARE"
+    )
+    # Available credit (cents) below which one low-balance alert is raised per episode.
+    low_balance_cents: int = Field(
+        default=DEFAULT_LOW_BALANCE_CENTS, ge=0, validation_alias="FAXOUT_LOW_BALANCE_CENTS"
+    )
+    # Available credit (cents) at or above which a balance pause is lifted automatically.
+    resume_balance_cents: int = Field(
+        default=DEFAULT_RESUME_BALANCE_CENTS, ge=1, validation_alias="FAXOUT_RESUME_BALANCE_CENTS"
     )
 
     @classmethod

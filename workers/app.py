@@ -20,8 +20,10 @@ from typing import Any
 from celery import Celery, signals
 
 from outbox.alerts import Alerter
+from outbox.balance_watch import BalanceWatch
 from outbox.errors import ConfigurationError
 from outbox.pause import FleetControl
+from outbox.poller import StatusPoller
 from outbox.rescuer import LeaseRescuer
 from outbox.settings import Settings
 from workers.runtime import Runtime
@@ -35,7 +37,15 @@ SUBMIT_TASK = "faxout.submit_fax"
 RESCUE_TASK = "faxout.rescue_expired_leases"
 SYNC_PAUSE_MIRROR_TASK = "faxout.sync_pause_mirror"
 DELIVER_ALERTS_TASK = "faxout.deliver_pending_alerts"
-MAINTENANCE_TASKS = (RESCUE_TASK, SYNC_PAUSE_MIRROR_TASK, DELIVER_ALERTS_TASK)
+POLL_STATUS_TASK = "faxout.poll_fax_status"
+WATCH_BALANCE_TASK = "faxout.watch_balance"
+MAINTENANCE_TASKS = (
+    RESCUE_TASK,
+    SYNC_PAUSE_MIRROR_TASK,
+    DELIVER_ALERTS_TASK,
+    POLL_STATUS_TASK,
+    WATCH_BALANCE_TASK,
+)
 
 app = Celery("faxout", include=["workers.tasks"])
 
@@ -93,6 +103,16 @@ def configure(settings: Settings) -> None:
                 "task": DELIVER_ALERTS_TASK,
                 "schedule": Alerter.retry_interval,
                 "options": {"queue": MAINTENANCE_QUEUE, "expires": 120},
+            },
+            "poll-fax-status": {
+                "task": POLL_STATUS_TASK,
+                "schedule": StatusPoller.interval,
+                "options": {"queue": MAINTENANCE_QUEUE, "expires": StatusPoller.interval},
+            },
+            "watch-balance": {
+                "task": WATCH_BALANCE_TASK,
+                "schedule": BalanceWatch.interval,
+                "options": {"queue": MAINTENANCE_QUEUE, "expires": BalanceWatch.interval},
             },
         },
     )

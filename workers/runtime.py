@@ -24,11 +24,13 @@ from sqlalchemy import Engine
 
 from outbox import repository
 from outbox.alerts import Alerter
+from outbox.balance_watch import BalanceWatch
 from outbox.clock import DatabaseClock
 from outbox.db import make_engine
 from outbox.dispatch import Dispatcher, ids_per_message_for
 from outbox.fax_client import MintfaxClient
 from outbox.pause import FleetControl, PauseMirror
+from outbox.poller import StatusPoller, poll_throttle
 from outbox.reconcile import Reconciler
 from outbox.rescuer import LeaseRescuer
 from outbox.retry import RetryPolicy
@@ -185,4 +187,44 @@ class Runtime:
             clock=self.clock,
             redispatch_after=self.settings.redispatch_seconds,
             ids_per_message=ids_per_message_for(self.settings.rate_limit_per_minute),
+        )
+
+    # --- status polling and balance watch ---------------------------------------------------
+
+    @cached_property
+    def read_throttle(self) -> FleetThrottle:
+        # The fleet throttle (same keys, same limit) without the pause gate: polls and balance
+        # reads share the rate limit with sends, and still run while sends are paused.
+        return FleetThrottle(self.redis, self.settings.rate_limit_per_minute)
+
+    @cached_property
+    def poller(self) -> StatusPoller:
+        return StatusPoller(
+            self.engine,
+            self.client,
+            self.reconciler,
+            self.alerter,
+            self.clock,
+            fleet_throttle=self.read_throttle,
+            poll_throttle=poll_throttle(
+                self.redis,
+                self.settings.rate_limit_per_minute,
+                self.settings.poll_share,
+                interval=StatusPoller.interval,
+            ),
+            poll_after=self.settings.poll_after_seconds,
+            sends_horizon=self.settings.redispatch_seconds,
+        )
+
+    @cached_property
+    def balance_watch(self) -> BalanceWatch:
+        return BalanceWatch(
+            self.engine,
+            self.client,
+            self.alerter,
+            self.fleet,
+            self.clock,
+            throttle=self.read_throttle,
+            low_cents=self.settings.low_balance_cents,
+            resume_cents=self.settings.resume_balance_cents,
         )

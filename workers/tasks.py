@@ -7,9 +7,11 @@ from collections import Counter
 from outbox.submit import submit_faxes
 from workers.app import (
     DELIVER_ALERTS_TASK,
+    POLL_STATUS_TASK,
     RESCUE_TASK,
     SUBMIT_TASK,
     SYNC_PAUSE_MIRROR_TASK,
+    WATCH_BALANCE_TASK,
     app,
 )
 from workers.runtime import Runtime
@@ -44,3 +46,16 @@ def deliver_pending_alerts() -> int:
     """Retry alert webhook deliveries that failed."""
     runtime = Runtime.get()
     return runtime.alerter.deliver_pending(runtime.engine)
+
+
+@app.task(name=POLL_STATUS_TASK, ignore_result=True)
+def poll_fax_status() -> int:
+    """Read accepted faxes without a final state at mintfax; returns how many were polled."""
+    return Runtime.get().poller.run_once().polled
+
+
+@app.task(name=WATCH_BALANCE_TASK, ignore_result=True)
+def watch_balance() -> int | None:
+    """Read mintfax's balance: low-balance alert, automatic end of a balance pause."""
+    snapshot = Runtime.get().balance_watch.run_once().snapshot
+    return None if snapshot is None else snapshot.available
