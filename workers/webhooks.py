@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
+from types import FrameType
 
 from pydantic import SecretStr
 from starlette.applications import Starlette
@@ -111,3 +112,33 @@ async def read_limited(request: Request, limit: int) -> bytes:
             raise WebhookRefused(f"body exceeds {limit} bytes", TOO_LARGE)
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+def serve(app: Starlette, host: str, port: int) -> bool:
+    """Serve `app` with uvicorn until SIGTERM/SIGINT, finishing the requests in flight (up to
+    10 s). Returns whether the server started (False: e.g. the port was taken)."""
+    import uvicorn
+
+    class CleanExitServer(uvicorn.Server):
+        # uvicorn re-raises the stopping signal after its graceful shutdown, so the process
+        # would die with 128+15; a clean stop exits 0 (for scripts, supervisors and tests).
+        def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+            super().handle_exit(sig, frame)
+            captured = getattr(self, "_captured_signals", None)
+            if isinstance(captured, list):
+                captured.clear()
+
+    server = CleanExitServer(
+        uvicorn.Config(
+            app,
+            host=host,
+            port=port,
+            lifespan="off",
+            access_log=False,
+            log_config=None,
+            server_header=False,
+            timeout_graceful_shutdown=10,
+        )
+    )
+    server.run()
+    return bool(server.started)
