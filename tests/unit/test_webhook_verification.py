@@ -260,7 +260,7 @@ def test_both_secrets_are_accepted_during_a_rotation_overlap() -> None:
     assert verify_webhook(B_BODY, b_headers(secrets=(new,)), overlap, NOW).event_id == B_ID
     for signing in ("a", "b"):
         for secret in (old, new):
-            headers = signed_headers(signing, secret, "evt_r", A_BODY, A_TIMESTAMP)  # type: ignore[arg-type]
+            headers = signed_headers(signing, secret, "evt_r", A_BODY, A_TIMESTAMP)
             assert verify_webhook(A_BODY, headers, overlap, NOW).event_type == "fax.delivered"
     # Once the old secret is retired, what it signs is refused.
     assert refused(B_BODY, b_headers(secrets=(old,)), _secrets(new), NOW) == 401
