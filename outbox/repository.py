@@ -857,13 +857,14 @@ def rejections_in_a_row(conn: Connection, *, error_code: str | None, limit: int)
 # Rows mintfax accepted that are due a status poll, walked along `fax_outbox_poll_due_idx`
 # (next_poll_at, id) WHERE status = 'submitted': never-polled rows (next_poll_at IS NULL, a
 # range of that index bounded by what was accepted in the last FAXOUT_POLL_AFTER_SECONDS)
-# whose acceptance is old enough, then rows whose next poll is due. Taking them moves
+# whose acceptance is old enough, and rows whose next poll is due, the longest due first (a
+# backlog of never-polled rows does not starve the others). Taking them moves
 # next_poll_at forward by :hold seconds, so a concurrent pass skips them; the pass sets the
 # real next poll after reading the fax, or gives the row back (`release_poll_claims`).
 _CLAIM_FOR_POLL = text(
     """
     WITH fresh AS (
-        SELECT id FROM fax_outbox
+        SELECT id, submitted_at + make_interval(secs => :poll_after) AS due_at FROM fax_outbox
         WHERE status = 'submitted' AND next_poll_at IS NULL
           AND submitted_at <= coalesce(CAST(:now AS timestamptz), now())
                               - make_interval(secs => :poll_after)
@@ -871,13 +872,14 @@ _CLAIM_FOR_POLL = text(
         LIMIT :limit
         FOR UPDATE SKIP LOCKED
     ), again AS (
-        SELECT id FROM fax_outbox
+        SELECT id, next_poll_at AS due_at FROM fax_outbox
         WHERE status = 'submitted' AND next_poll_at <= coalesce(CAST(:now AS timestamptz), now())
         ORDER BY next_poll_at, id
         LIMIT :limit
         FOR UPDATE SKIP LOCKED
     ), due AS (
-        SELECT id FROM (SELECT id FROM fresh UNION ALL SELECT id FROM again) AS both_kinds
+        SELECT id FROM (SELECT * FROM fresh UNION ALL SELECT * FROM again) AS both_kinds
+        ORDER BY due_at, id
         LIMIT :limit
     )
     UPDATE fax_outbox AS f

@@ -280,3 +280,16 @@ def test_the_fax_resource_maps_to_an_observation() -> None:
     assert observation_from({"id": "f1", "status": "queued"}, fallback_time=now).observed_at == now
     with pytest.raises(ValueError, match="no id or status"):
         observation_from({"status": "queued"}, fallback_time=now)
+
+
+def test_the_selection_takes_the_longest_due_first_of_both_kinds(harness: Harness) -> None:
+    fresh = [harness.store_submitted(f"fresh-{n}", ago=POLL_AFTER + 60) for n in range(8)]
+    again = harness.store_submitted("again", ago=POLL_AFTER + 3600)
+    with harness.engine.begin() as conn:  # polled before, due again since half an hour
+        repository.schedule_next_poll(conn, again, now=harness.clock.now(), delay=-1800)
+    with harness.engine.begin() as conn:
+        taken = repository.claim_for_poll(
+            conn, now=harness.clock.now(), poll_after=POLL_AFTER, hold=300, limit=4
+        )
+    assert {t.id for t in taken} == {again, *fresh[:3]}
+    assert {t.id: t.poll_attempts for t in taken}[again] == 1
