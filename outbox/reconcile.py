@@ -18,6 +18,7 @@ ends a balance pause of the fleet.
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -80,7 +81,7 @@ class Reconciler:
 
     def handle_event(self, event: FaxEvent) -> EventResult:
         """Record `event` once and apply it, in one short transaction; then its side effects
-        (a resumed fleet, alert delivery), which never undo what was recorded."""
+        (a resumed fleet; alert delivery, in the background), which never undo the record."""
         observation = (
             observation_from_resource(event.data, event.occurred_at)
             if event.event_type in FAX_EVENTS
@@ -111,7 +112,12 @@ class Reconciler:
             )
             if ended:
                 log.info("balance topped up: the fleet's balance pause ended")
-        self._alerter.deliver(self._engine, alert_ids)
+        if alert_ids:
+            # After the answer, not before: mintfax waits at most 5 s for it, and an alert
+            # webhook may be slow (beat's retry delivers it if this process dies first).
+            threading.Thread(
+                target=self._alerter.deliver, args=(self._engine, alert_ids), daemon=True
+            ).start()
         return result
 
     def apply_observation(self, conn: Connection, observation: FaxObservation) -> EventResult:
