@@ -38,6 +38,7 @@ from outbox.errors import (
     UnexpectedError,
     UnexpectedResponse,
     ValidationFailed,
+    WebhookRefused,
 )
 from outbox.fax_client import MintfaxClient
 from outbox.models import TERMINAL_STATUSES, FaxStatus, Outcome, PauseReason
@@ -181,6 +182,7 @@ TABLE: list[tuple[FaxOutboxError, Decision, Decision]] = [
     (MintfaxError("something new"), REVIEW_UNEXPECTED, REVIEW_UNEXPECTED),
     (IdempotencyConflict("k", 7), REVIEW_UNEXPECTED, REVIEW_UNEXPECTED),
     (FaxOutboxError("?"), REVIEW_UNEXPECTED, REVIEW_UNEXPECTED),
+    (WebhookRefused("bad signature", 401), REVIEW_UNEXPECTED, REVIEW_UNEXPECTED),
 ]
 
 
