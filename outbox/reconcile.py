@@ -55,7 +55,7 @@ def observation_from_resource(
         return None
     attempts = resource.get("attempts")
     attempt = len(attempts) if isinstance(attempts, list) and attempts else None
-    when = observed_at or _timestamp(resource.get("updated_at")) or datetime.now(UTC)
+    when = observed_at or parse_time(resource.get("updated_at")) or datetime.now(UTC)
     return FaxObservation(
         mintfax_fax_id=fax_id,
         status=status,
@@ -64,7 +64,7 @@ def observation_from_resource(
         attempt=attempt,
         error_code=_str(resource.get("error_code")),
         error_message=_str(resource.get("error_message")),
-        completed_at=_timestamp(resource.get("completed_at")),
+        completed_at=parse_time(resource.get("completed_at")),
     )
 
 
@@ -142,7 +142,8 @@ def _low_balance_alert(conn: Connection, event: FaxEvent) -> Alert:
     )
 
 
-def _timestamp(value: object) -> datetime | None:
+def parse_time(value: object) -> datetime | None:
+    """An ISO-8601 time from mintfax (a trailing Z allowed); None when absent or unreadable."""
     if not isinstance(value, str) or not value:
         return None
     try:

@@ -1131,6 +1131,7 @@ def _observation_json(observation: FaxObservation) -> dict[str, Any]:
         "completed_at": iso(observation.completed_at),
     }
 
+
 _STATE_COLUMNS = (
     "id",
     "reference",
@@ -1159,3 +1160,106 @@ def fax_states(
     for row in rows:
         row["status"] = FaxStatus(row["status"])
     return rows
+
+
+# --- unknown outcomes resolved -----------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class UnknownOutcome:
+    """A row parked because an attempt may have created its fax, claimed for a lookup."""
+
+    id: int
+    idempotency_key: str
+    to_number: str
+    first_attempt_at: datetime | None
+    now: datetime  # the database's clock at the claim
+
+
+# Parked rows whose attempts may have created a fax and that hold no fax id, due for a lookup;
+# `next_poll_at` is the next lookup (polling proper only reads `submitted` rows).
+_CLAIM_UNKNOWN_OUTCOMES = text(
+    """
+    WITH due AS (
+        SELECT id FROM fax_outbox
+        WHERE status = 'needs_review' AND outcome_unknown AND mintfax_fax_id IS NULL
+          AND poll_attempts < :max_lookups
+          AND (next_poll_at IS NULL OR next_poll_at <= coalesce(CAST(:now AS timestamptz), now()))
+        ORDER BY id
+        LIMIT :limit
+        FOR UPDATE SKIP LOCKED
+    )
+    UPDATE fax_outbox AS f
+    SET next_poll_at = coalesce(CAST(:now AS timestamptz), now()) + make_interval(secs => :hold),
+        poll_attempts = f.poll_attempts + 1
+    FROM due
+    WHERE f.id = due.id
+    RETURNING f.id, f.idempotency_key, f.to_number, f.first_attempt_at,
+              coalesce(CAST(:now AS timestamptz), now())
+    """
+)
+
+
+def claim_unknown_outcomes(
+    conn: Connection, *, now: datetime | None, hold: float, limit: int, max_lookups: int
+) -> list[UnknownOutcome]:
+    """Take up to `limit` parked rows of unknown outcome for a lookup (they are not taken
+    again for `hold` seconds); each lookup counts, up to `max_lookups`."""
+    rows = conn.execute(
+        _CLAIM_UNKNOWN_OUTCOMES,
+        {"now": now, "hold": hold, "limit": limit, "max_lookups": max_lookups},
+    )
+    return [UnknownOutcome(*row) for row in rows]
+
+
+def attach_found_fax(
+    conn: Connection, fax_id: int, *, mintfax_fax_id: str, submitted_at: datetime | None
+) -> bool:
+    """A parked row whose fax was found at mintfax becomes `submitted` with its fax id (the
+    database then applies events that waited for it). False if the row changed meanwhile."""
+    c = fax_outbox.c
+    result = conn.execute(
+        update(fax_outbox)
+        .where(
+            c.id == fax_id,
+            c.status == FaxStatus.NEEDS_REVIEW,
+            c.mintfax_fax_id.is_(None),
+        )
+        .values(
+            status=FaxStatus.SUBMITTED,
+            mintfax_fax_id=mintfax_fax_id,
+            mintfax_status=None,  # the lookup's observation sets it
+            submitted_at=func.coalesce(submitted_at, func.now()),
+            status_reason=None,
+            last_error=None,
+            next_poll_at=None,
+            poll_attempts=0,
+        )
+    )
+    return result.rowcount == 1
+
+
+def resend_unknown(conn: Connection, fax_id: int, *, now: datetime | None) -> bool:
+    """A parked row whose fax mintfax certainly does not have goes back to `pending` with its
+    key, its attempts counted afresh (its first POST, which the 24 h window counts from, is
+    kept). False if the row changed meanwhile."""
+    c = fax_outbox.c
+    result = conn.execute(
+        update(fax_outbox)
+        .where(
+            c.id == fax_id,
+            c.status == FaxStatus.NEEDS_REVIEW,
+            c.mintfax_fax_id.is_(None),
+            c.outcome_unknown.is_(True),
+        )
+        .values(
+            status=FaxStatus.PENDING,
+            next_attempt_at=func.coalesce(now, func.now()),
+            attempts=0,
+            outcome_unknown=False,
+            status_reason=None,
+            next_poll_at=None,
+            poll_attempts=0,
+        )
+    )
+    return result.rowcount == 1

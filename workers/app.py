@@ -25,6 +25,7 @@ from outbox.errors import ConfigurationError
 from outbox.pause import FleetControl
 from outbox.poller import StatusPoller
 from outbox.rescuer import LeaseRescuer
+from outbox.resolver import UnknownOutcomeResolver
 from outbox.settings import Settings
 from workers.runtime import Runtime
 
@@ -39,12 +40,14 @@ SYNC_PAUSE_MIRROR_TASK = "faxout.sync_pause_mirror"
 DELIVER_ALERTS_TASK = "faxout.deliver_pending_alerts"
 POLL_STATUS_TASK = "faxout.poll_fax_status"
 WATCH_BALANCE_TASK = "faxout.watch_balance"
+RESOLVE_UNKNOWN_TASK = "faxout.resolve_unknown_outcomes"
 MAINTENANCE_TASKS = (
     RESCUE_TASK,
     SYNC_PAUSE_MIRROR_TASK,
     DELIVER_ALERTS_TASK,
     POLL_STATUS_TASK,
     WATCH_BALANCE_TASK,
+    RESOLVE_UNKNOWN_TASK,
 )
 
 app = Celery("faxout", include=["workers.tasks"])
@@ -113,6 +116,11 @@ def configure(settings: Settings) -> None:
                 "task": WATCH_BALANCE_TASK,
                 "schedule": BalanceWatch.interval,
                 "options": {"queue": MAINTENANCE_QUEUE, "expires": BalanceWatch.interval},
+            },
+            "resolve-unknown-outcomes": {
+                "task": RESOLVE_UNKNOWN_TASK,
+                "schedule": UnknownOutcomeResolver.interval,
+                "options": {"queue": MAINTENANCE_QUEUE, "expires": UnknownOutcomeResolver.interval},
             },
         },
     )

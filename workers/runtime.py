@@ -33,6 +33,7 @@ from outbox.pause import FleetControl, PauseMirror
 from outbox.poller import StatusPoller, poll_throttle
 from outbox.reconcile import Reconciler
 from outbox.rescuer import LeaseRescuer
+from outbox.resolver import UnknownOutcomeResolver
 from outbox.retry import RetryPolicy
 from outbox.settings import Settings
 from outbox.submit import SubmitContext
@@ -213,6 +214,17 @@ class Runtime:
                 interval=StatusPoller.interval,
             ),
             poll_after=self.settings.poll_after_seconds,
+            sends_horizon=self.settings.redispatch_seconds,
+        )
+
+    @cached_property
+    def resolver(self) -> UnknownOutcomeResolver:
+        return UnknownOutcomeResolver(
+            self.engine,
+            self.client,
+            self.reconciler,
+            self.clock,
+            throttle=self.read_throttle,
             sends_horizon=self.settings.redispatch_seconds,
         )
 

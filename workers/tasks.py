@@ -9,6 +9,7 @@ from workers.app import (
     DELIVER_ALERTS_TASK,
     POLL_STATUS_TASK,
     RESCUE_TASK,
+    RESOLVE_UNKNOWN_TASK,
     SUBMIT_TASK,
     SYNC_PAUSE_MIRROR_TASK,
     WATCH_BALANCE_TASK,
@@ -59,3 +60,9 @@ def watch_balance() -> int | None:
     """Read mintfax's balance: low-balance alert, automatic end of a balance pause."""
     snapshot = Runtime.get().balance_watch.run_once().snapshot
     return None if snapshot is None else snapshot.available
+
+
+@app.task(name=RESOLVE_UNKNOWN_TASK, ignore_result=True)
+def resolve_unknown_outcomes() -> int:
+    """Look up at mintfax the parked rows whose outcome is unknown; returns how many."""
+    return Runtime.get().resolver.run_once().looked_up
