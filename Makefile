@@ -33,7 +33,8 @@ typecheck: $(STAMP)
 
 # Every benchmark runs even if an earlier one misses its target; the exit code says if any did.
 bench: $(STAMP)
-	@status=0; for b in enqueue sandbox drain latency throttle throttle_accuracy claim startup; do \
+	@status=0; for b in enqueue sandbox drain latency throttle throttle_accuracy claim \
+		webhook_ingest poll_select startup; do \
 		$(BIN)/python bench/$$b.py || status=1; done; exit $$status
 
 clean:
