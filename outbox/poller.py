@@ -47,6 +47,7 @@ from outbox.errors import (
     UnexpectedResponse,
 )
 from outbox.events import MINTFAX_STATUS_RANK, FaxObservation
+from outbox.reconcile import observation_from_resource, parse_time
 from outbox.throttle import DEFAULT_KEY_PREFIX, FleetThrottle
 
 log = logging.getLogger("faxout.poller")
@@ -109,32 +110,11 @@ def observation_from(body: Mapping[str, Any], *, fallback_time: datetime) -> Fax
     `observed_at` is mintfax's `updated_at` (its own clock, comparable with its events'),
     else `fallback_time`.
     """
-    fax_id, status = body.get("id"), body.get("status")
-    if not isinstance(fax_id, str) or not fax_id or not isinstance(status, str) or not status:
+    observed_at = parse_time(body.get("updated_at")) or fallback_time
+    observation = observation_from_resource(body, observed_at)
+    if observation is None:
         raise ValueError("the fax resource has no id or status")
-    pages = body.get("pages")
-    attempts = body.get("attempts")
-    error_code, error_message = body.get("error_code"), body.get("error_message")
-    return FaxObservation(
-        mintfax_fax_id=fax_id,
-        status=status,
-        observed_at=_timestamp(body.get("updated_at")) or fallback_time,
-        pages=pages if isinstance(pages, int) and not isinstance(pages, bool) else None,
-        attempt=len(attempts) if isinstance(attempts, list) and attempts else None,
-        error_code=error_code if isinstance(error_code, str) and error_code else None,
-        error_message=error_message if isinstance(error_message, str) and error_message else None,
-        completed_at=_timestamp(body.get("completed_at")),
-    )
-
-
-def _timestamp(value: object) -> datetime | None:
-    if not isinstance(value, str) or not value:
-        return None
-    try:
-        moment = datetime.fromisoformat(value)
-    except ValueError:
-        return None
-    return moment if moment.tzinfo is not None else None
+    return observation
 
 
 @dataclass(frozen=True, slots=True)
