@@ -19,7 +19,7 @@ from outbox import fax_state, fax_states_by_reference
 from outbox.alerts import Alerter
 from outbox.clock import FrozenClock
 from outbox.events import FaxEvent
-from outbox.models import fax_events
+from outbox.models import PauseReason, fax_events
 from outbox.reconcile import EventResult, Reconciler
 from outbox.submit import Outcome
 from tests.integration.test_submit import Harness, accepted, harness  # noqa: F401
@@ -218,3 +218,17 @@ def test_the_helper_reads_a_faxs_state_by_id_and_by_reference(
         "no answer",
     )
     assert after.mintfax_fax_id == "fax-h" and after.completed_at == T0
+
+
+def test_a_topup_event_ends_a_balance_pause_and_only_that(
+    harness: Harness,  # noqa: F811
+    engine: Engine,
+) -> None:
+    reconciler = Reconciler(engine, Alerter(harness.clock), harness.fleet, harness.clock)
+    harness.fleet.pause(PauseReason.INSUFFICIENT_BALANCE, by="test 402")
+    harness.fleet.pause(PauseReason.OPERATOR, by="an operator")
+    data = {"available": 5000, "held": 0, "currency": "USD", "amount": 5000}
+    topup = FaxEvent("evt_topup_1", "balance.topup", T0, data, {"event_id": "evt_topup_1"})
+    assert reconciler.handle_event(topup) is EventResult.APPLIED
+    assert [p.reason for p in harness.fleet.open_pauses()] == ["operator"]
+    assert reconciler.handle_event(topup) is EventResult.DUPLICATE
