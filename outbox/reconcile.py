@@ -6,10 +6,10 @@ One state-transition function applies webhook events, status polls and operator 
 older observation never overwrites a newer one (invariant 6).
 
 Webhook events (`Reconciler.handle_event`) are recorded once, by their unique id, in the same
-transaction that applies them: a duplicate changes nothing. An event about a fax id no row
-holds yet (the webhook beat the worker that stores the id) is kept as `pending` and applied by
-a database trigger the moment a row stores that id; both sides take the same advisory lock on
-the fax id first, so whichever commits first, the event is applied exactly once.
+statement that applies them (`fax_events_ingest`): a duplicate changes nothing. An event about
+a fax id no row holds yet (the webhook beat the worker that stores the id) is kept as `pending`
+and applied by a database trigger the moment a row stores that id; both sides take the same
+advisory lock on the fax id first, so whichever commits first, the event is applied once.
 
 `balance.low` raises one alert per episode (an episode ends with a top-up); `balance.topup`
 ends a balance pause of the fleet.
@@ -75,50 +75,51 @@ class Reconciler:
         self, engine: Engine, alerter: Alerter, fleet: FleetControl | None, clock: Clock
     ) -> None:
         self._engine = engine
+        self._fast_engine = engine.execution_options(isolation_level="AUTOCOMMIT")
         self._alerter = alerter
         self._fleet = fleet
         self._clock = clock
 
     def handle_event(self, event: FaxEvent) -> EventResult:
-        """Record `event` once and apply it, in one short transaction; then its side effects
-        (a resumed fleet; alert delivery, in the background), which never undo the record."""
+        """Record `event` once and apply it, in one statement (the database's
+        `fax_events_ingest`); then its side effects (a resumed fleet; alert delivery, in the
+        background), which never undo the record."""
         observation = (
             observation_from_resource(event.data, event.occurred_at)
             if event.event_type in FAX_EVENTS
             else None
         )
-        alert_ids: list[int] = []
+        if event.event_type != "balance.low":
+            # Autocommit: the one statement is the transaction, one round trip.
+            with self._fast_engine.connect() as conn:
+                result = EventResult(repository.ingest_event(conn, event, observation))
+            if result is EventResult.APPLIED and event.event_type == "balance.topup":
+                self._end_balance_pause()
+            return result
+        # balance.low: the event and its alert (one per episode) in one transaction.
         with self._engine.begin() as conn:
-            if observation is not None:
-                # Before the duplicate check: see the module docstring (one lock per fax id).
-                repository.lock_fax_events(conn, observation.mintfax_fax_id)
-            event_row = repository.record_event(conn, event, observation)
-            if event_row is None:
-                return EventResult.DUPLICATE
-            if observation is not None:
-                result = EventResult(repository.apply_observation(conn, observation))
-            elif event.event_type == "balance.low":
-                alert_id = self._alerter.record(conn, _low_balance_alert(conn, event))
-                alert_ids += [alert_id] if alert_id else []
-                result = EventResult.APPLIED
-            elif event.event_type == "balance.topup":
-                result = EventResult.APPLIED
-            else:
-                result = EventResult.IGNORED
-            repository.mark_event(conn, event_row, result.value)
-        if event.event_type == "balance.topup" and self._fleet is not None:
-            ended = self._fleet.resume(
-                by="mintfax:balance.topup", reasons=[PauseReason.INSUFFICIENT_BALANCE.value]
+            result = EventResult(repository.ingest_event(conn, event, None))
+            alert_id = (
+                self._alerter.record(conn, _low_balance_alert(conn, event))
+                if result is EventResult.APPLIED
+                else None
             )
-            if ended:
-                log.info("balance topped up: the fleet's balance pause ended")
-        if alert_ids:
+        if alert_id is not None:
             # After the answer, not before: mintfax waits at most 5 s for it, and an alert
             # webhook may be slow (beat's retry delivers it if this process dies first).
             threading.Thread(
-                target=self._alerter.deliver, args=(self._engine, alert_ids), daemon=True
+                target=self._alerter.deliver, args=(self._engine, [alert_id]), daemon=True
             ).start()
         return result
+
+    def _end_balance_pause(self) -> None:
+        if self._fleet is None:
+            return
+        ended = self._fleet.resume(
+            by="mintfax:balance.topup", reasons=[PauseReason.INSUFFICIENT_BALANCE.value]
+        )
+        if ended:
+            log.info("balance topped up: the fleet's balance pause ended")
 
     def apply_observation(self, conn: Connection, observation: FaxObservation) -> EventResult:
         """Apply one observation (a poll, a lookup) in the caller's transaction."""

@@ -9,6 +9,7 @@ dispatch or the 24 h guard; tests pass their own moment and control it (invarian
 from __future__ import annotations
 
 import functools
+import json
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -1040,41 +1041,32 @@ def lock_fax_events(conn: Connection, mintfax_fax_id: str) -> None:
     )
 
 
-def record_event(
-    conn: Connection, event: FaxEvent, observation: FaxObservation | None
-) -> int | None:
-    """Record a webhook event unless its id was seen before; its row id, or None (duplicate)."""
-    e = fax_events.c
-    return conn.execute(
-        insert(fax_events)
-        .values(
-            event_id=event.event_id,
-            event_type=event.event_type,
-            mintfax_fax_id=observation.mintfax_fax_id if observation else None,
-            occurred_at=event.occurred_at,
-            observation=None if observation is None else _observation_json(observation),
-            payload=dict(event.payload),
-            outcome="ignored",
-        )
-        .on_conflict_do_nothing(index_elements=[e.event_id])
-        .returning(e.id)
-    ).scalar_one_or_none()
+_INGEST_EVENT = text(
+    """
+    SELECT fax_events_ingest(:event_id, :event_type, :fax_id, :occurred_at,
+                             CAST(:observation AS jsonb), CAST(:payload AS jsonb))
+    """
+)
 
 
-def mark_event(conn: Connection, event_row: int, outcome: str) -> None:
-    """What became of a recorded event (`applied`, `stale`, `pending`, `ignored`)."""
-    e = fax_events.c
-    conn.execute(
-        update(fax_events)
-        .where(e.id == event_row)
-        .values(
-            outcome=outcome,
-            applied_at=None if outcome == "pending" else func.now(),
-            outbox_id=select(fax_outbox.c.id)
-            .where(fax_outbox.c.mintfax_fax_id == e.mintfax_fax_id)
-            .scalar_subquery(),
-        )
+def ingest_event(conn: Connection, event: FaxEvent, observation: FaxObservation | None) -> str:
+    """Record and apply a webhook event in one statement (migration 0008's
+    `fax_events_ingest`): its outcome, or 'duplicate' when its id was seen before."""
+    rows = _execute_hot(
+        conn,
+        _INGEST_EVENT,
+        {
+            "event_id": event.event_id,
+            "event_type": event.event_type,
+            "fax_id": observation.mintfax_fax_id if observation else None,
+            "occurred_at": event.occurred_at,
+            "observation": None
+            if observation is None
+            else json.dumps(_observation_json(observation)),
+            "payload": json.dumps(event.payload),
+        },
     )
+    return str(rows[0][0])
 
 
 _APPLY_OBSERVATION = text(

@@ -16,6 +16,8 @@
 - An event for a fax id no row holds yet is kept (`outcome = 'pending'`) and applied by a
   trigger the moment a row stores that fax id. The trigger and the webhook side both take a
   transaction advisory lock on the fax id first, so whichever commits first, nothing is lost.
+- `fax_events_ingest(...)`: a webhook event in one statement: the lock, the once-only record,
+  the transition and the event's outcome.
 - `NOTIFY fax_outbox_final` with `{"id", "status", "reference"}` whenever a row reaches a final
   state (delivered, failed, rejected, cancelled): any language can LISTEN.
 
@@ -115,6 +117,50 @@ BEGIN
 END $$;
 """
 
+# A webhook event in one statement (one round trip, atomic in autocommit): the fax's lock,
+# the once-only record, the transition, and what became of the event. Returns the outcome, or
+# 'duplicate' for an event id seen before (nothing changes).
+INGEST_FUNCTION = r"""
+CREATE FUNCTION fax_events_ingest(
+    p_event_id text, p_event_type text, p_fax_id text, p_occurred_at timestamptz,
+    p_observation jsonb, p_payload jsonb
+) RETURNS text LANGUAGE plpgsql AS $$
+DECLARE
+    new_id bigint;
+    result text;
+BEGIN
+    IF p_fax_id IS NOT NULL THEN
+        PERFORM pg_advisory_xact_lock(hashtext('fax_events:' || p_fax_id));
+    END IF;
+    INSERT INTO fax_events (event_id, event_type, mintfax_fax_id, occurred_at, observation,
+                            payload, outcome)
+    VALUES (p_event_id, p_event_type, p_fax_id, p_occurred_at, p_observation, p_payload,
+            'ignored')
+    ON CONFLICT (event_id) DO NOTHING
+    RETURNING id INTO new_id;
+    IF new_id IS NULL THEN
+        RETURN 'duplicate';
+    END IF;
+    IF p_observation IS NOT NULL THEN
+        result := fax_outbox_apply_observation(
+            p_fax_id, p_observation->>'status', (p_observation->>'observed_at')::timestamptz,
+            (p_observation->>'pages')::integer, (p_observation->>'attempt')::integer,
+            p_observation->>'error_code', p_observation->>'error_message',
+            (p_observation->>'completed_at')::timestamptz);
+    ELSIF p_event_type IN ('balance.low', 'balance.topup') THEN
+        result := 'applied';
+    ELSE
+        result := 'ignored';
+    END IF;
+    UPDATE fax_events SET
+        outcome = result,
+        applied_at = CASE WHEN result = 'pending' THEN NULL ELSE now() END,
+        outbox_id = (SELECT id FROM fax_outbox WHERE mintfax_fax_id = p_fax_id)
+    WHERE id = new_id;
+    RETURN result;
+END $$;
+"""
+
 FINAL_NOTIFY_FUNCTION = r"""
 CREATE FUNCTION fax_outbox_notify_final() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
@@ -203,6 +249,7 @@ def upgrade() -> None:
     op.execute(RANK_FUNCTION)
     op.execute(APPLY_FUNCTION)
     op.execute(PENDING_FUNCTION)
+    op.execute(INGEST_FUNCTION)
     op.execute(
         "CREATE TRIGGER fax_outbox_apply_pending_events AFTER UPDATE OF mintfax_fax_id "
         "ON fax_outbox FOR EACH ROW WHEN (OLD.mintfax_fax_id IS NULL "
@@ -231,6 +278,7 @@ def downgrade() -> None:
         "DROP FUNCTION fax_outbox_apply_observation(text, text, timestamptz, integer, integer, "
         "text, text, timestamptz)"
     )
+    op.execute("DROP FUNCTION fax_events_ingest(text, text, text, timestamptz, jsonb, jsonb)")
     op.execute("DROP FUNCTION mintfax_status_rank(text)")
     op.drop_table("fax_events")
     op.drop_constraint(
