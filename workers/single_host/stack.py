@@ -1,4 +1,5 @@
-"""Run the whole fleet as real processes: sandbox, relays, Celery workers, beat, Flower.
+"""Run the whole fleet as real processes: sandbox, relays, Celery workers, beat, Flower, the
+webhook receiver.
 
 Used by `faxout demo` and by the acceptance tests, so that both exercise exactly what an
 operator runs. Each process logs to its own file; stopping is graceful (SIGTERM, then SIGKILL
@@ -136,6 +137,34 @@ class Stack:
                 "INFO",
             ],
         )
+
+    def start_webhooks(
+        self, port: int | None = None, *, secret: str | None = None, name: str = "webhooks"
+    ) -> str:
+        """Start the webhook receiver as an operator runs it (`faxout webhooks serve --host
+        127.0.0.1 --port P`) and wait until `GET /healthz` answers; returns the URL to register
+        at mintfax (`http://127.0.0.1:P/webhooks/mintfax`). The receiver reads its signing
+        secrets from `MINTFAX_WEBHOOK_SECRET`: `secret` sets it for this process only (the
+        workers do not need it), else the stack's environment must hold it."""
+        port = port or free_port()
+        self._spawn(
+            name,
+            [
+                sys.executable,
+                "-m",
+                "workers.cli",
+                "webhooks",
+                "serve",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+            ],
+            env={"MINTFAX_WEBHOOK_SECRET": secret} if secret is not None else None,
+        )
+        base = f"http://127.0.0.1:{port}"
+        self._wait_http(f"{base}/healthz", name)
+        return f"{base}/webhooks/mintfax"
 
     def start_flower(self, port: int | None = None, *, api: bool = False) -> str:
         """Start Flower on 127.0.0.1; returns its address. `api` opens its HTTP API without
