@@ -2,15 +2,25 @@
 
 Starts Postgres and Redis (embedded when `DATABASE_URL` / `REDIS_URL` are unset), migrates,
 starts the mintfax sandbox, a relay, two Celery workers and beat as real processes, shows that
-bad input is refused, enqueues a few hundred faxes across the sandbox's magic numbers, lets the
-sandbox run out of balance mid-run (a 402 pauses the fleet and raises one alert), tops the
-balance up and resumes, and ends with a summary. Exit 0 only if every fax reached mintfax
-exactly once.
+bad input is refused, and sends a few hundred faxes across the sandbox's magic numbers:
+
+1. a first stretch without webhooks (no endpoint registered yet): those rows stay `submitted`
+   until status polling (beat) reads their final state;
+2. then the webhook receiver (`faxout webhooks serve`) is registered at the sandbox and started
+   with the signing secret the registration printed, and the rest is enqueued; the sandbox runs
+   out of balance mid-run (a 402 pauses the fleet and raises one alert); the demo tops the
+   sandbox up, and the `balance.topup` event lifts the pause (no `faxout resume`).
+
+It ends when every row holds a final state, learned from webhooks and polling alone, and
+compares them (delivered; failed, with their reasons) with the sandbox's truth. Exit 0 only if
+every fax reached mintfax exactly once, every final state equals the sandbox's, the stretch
+without webhooks was closed by polling and the top-up event lifted the pause.
 """
 
 from __future__ import annotations
 
 import contextlib
+import random
 import sys
 import tempfile
 import time
@@ -22,27 +32,32 @@ from typing import Any
 
 import httpx
 import redis
+from pydantic import SecretStr
 from rich.console import Console, Group
 from rich.live import Live
 from rich.panel import Panel
 from rich.table import Table
-from sqlalchemy import Engine
+from sqlalchemy import Engine, text
 
 from outbox import FaxIntent, enqueue_fax, enqueue_faxes, schema
-from outbox.alerts import Alerter
-from outbox.clock import SystemClock
 from outbox.db import make_engine
 from outbox.errors import ValidationFailed
+from outbox.fax_client import MintfaxClient
 from outbox.models import FaxStatus
-from outbox.pause import FleetControl, PauseMirror
 from outbox.repository import count_by_status, open_pauses, recent_alerts
 from outbox.throttle import FleetThrottle
 from workers.single_host import embedded
 from workers.single_host.stack import Stack, fleet_env
 
+FINAL = (FaxStatus.DELIVERED, FaxStatus.FAILED, FaxStatus.REJECTED, FaxStatus.CANCELLED)
+
 DEMO_KEY = "fx_test_demo_key_not_secret"
 RATE_LIMIT = 1500  # per minute: the sandbox enforces it, the fleet throttle respects it
 PRICE_PER_PAGE = 10  # cents, the sandbox's default
+# Rows accepted this long ago without a final state are polled (beat's pass runs every 30 s):
+# short, so the stretch without webhooks closes within the demo.
+POLL_AFTER_SECONDS = 10
+STRETCH_SHARE = 0.2  # the share of the faxes sent before the webhook endpoint is registered
 # Magic numbers and how many of each (section 9 of mintfax-api.md).
 MIX = {
     "+15005550001": 0.55,  # delivered, 1 page
@@ -65,8 +80,8 @@ class DemoState:
     # Wall-clock start, so alerts of earlier runs in a reused database do not count.
     started_at: datetime = field(default_factory=lambda: datetime.now(UTC))
     pause_seen_at: float | None = None
+    topped_up_at: float | None = None
     resumed_at: float | None = None
-    topped_up: bool = False
     refusals: list[str] = field(default_factory=list)
     history: list[tuple[float, int]] = field(default_factory=list)
 
@@ -115,8 +130,11 @@ def run(
         )
         control = sandbox_url.removesuffix("/v1") + "/sandbox"
         fleet.env["MINTFAX_BASE_URL"] = sandbox_url
-        # Enough credit for about a third of the run: the rest waits for the top-up.
-        _post(control, "balance", available=faxes // 3 * PRICE_PER_PAGE)
+        # Enough credit for the stretch without webhooks (3 pages a fax at most) and about a
+        # third of the rest: the others wait for the top-up.
+        stretch = round(faxes * STRETCH_SHARE)
+        credit = 3 * stretch + (faxes - stretch) // 3
+        _post(control, "balance", available=credit * PRICE_PER_PAGE)
         console.print(f"  sandbox at {sandbox_url} (faults: 3% 503, 1% 500, 2% resets, 2% drops)")
         for n in range(2):
             fleet.start_worker(f"worker{n}", concurrency=3)
@@ -130,19 +148,31 @@ def run(
 
         state = DemoState()
         _show_refusals(console, engine, state)
-        _enqueue(engine, faxes, prefix)
-        console.print(f"enqueued {faxes} faxes across {len(MIX)} sandbox scenarios\n")
+        numbers = _numbers(faxes)
+        _enqueue(engine, numbers[:stretch], prefix, 0)
+        console.print(
+            f"[bold]without webhooks:[/bold] enqueued {stretch} faxes; no endpoint is "
+            "registered, so only status polling can learn what became of them"
+        )
+        if not _wait_stretch(engine, control, prefix, stretch, timeout=30):
+            console.print("[red]demo failed:[/red] the first faxes did not finish in time")
+            console.print(f"process logs are in {fleet.log_dir}")
+            return 1
+        console.print(f"  {stretch} faxes accepted and finished at mintfax, rows `submitted`\n")
+
+        receiver = _start_receiver(fleet, sandbox_url)
+        console.print(f"[bold]webhooks:[/bold] receiver at {receiver}, registered at the sandbox")
+        _enqueue(engine, numbers[stretch:], prefix, stretch)
+        console.print(
+            f"  enqueued {faxes - stretch} more faxes across {len(MIX)} sandbox scenarios\n"
+        )
 
         rds = redis.Redis.from_url(urls.redis_url)
         stack.callback(rds.close)
         throttle = FleetThrottle(rds, RATE_LIMIT)
-        clock = SystemClock()
-        control_plane = FleetControl(engine, PauseMirror(rds), Alerter(clock), clock)
-        done = _watch(
-            console, engine, throttle, control_plane, control, prefix, faxes, state, timeout
-        )
+        done = _watch(console, engine, throttle, control, prefix, faxes, state, timeout)
         console.print()
-        code = _summary(console, engine, control, prefix, faxes, state, done, fleet)
+        code = _summary(console, engine, control, prefix, faxes, stretch, state, done, fleet)
         if flower and sys.stdin.isatty():
             # Leave the fleet up so the operator can browse Flower's task history.
             console.print("Flower and the fleet stay up; press Ctrl-C to stop them.")
@@ -162,6 +192,7 @@ def _fleet_env(urls: embedded.ServiceURLs) -> dict[str, str]:
         # The sandbox answers in milliseconds; a short timeout lets the short lease stand.
         FAXOUT_HTTP_TIMEOUT_SECONDS="10",
         FAXOUT_REDISPATCH_SECONDS="10",
+        FAXOUT_POLL_AFTER_SECONDS=str(POLL_AFTER_SECONDS),
     )
 
 
@@ -195,26 +226,61 @@ def _show_refusals(console: Console, engine: Engine, state: DemoState) -> None:
     console.print()
 
 
-def _enqueue(engine: Engine, count: int, prefix: str) -> None:
+def _numbers(count: int) -> list[str]:
+    """`count` recipients in the proportions of MIX, shuffled so every scenario runs
+    throughout (the stretch without webhooks included)."""
     numbers: list[str] = []
     for number, share in MIX.items():
         numbers += [number] * round(share * count)
     numbers = (numbers + ["+15005550001"] * count)[:count]
-    # Interleave so every scenario runs throughout.
-    numbers = numbers[::2] + numbers[1::2]
+    random.Random(7).shuffle(numbers)
+    return numbers
+
+
+def _enqueue(engine: Engine, numbers: list[str], prefix: str, first: int) -> None:
     intents = [
         FaxIntent(to=n, document=SAMPLE_PDF, filename="letter.pdf", reference=f"{prefix}{i}")
-        for i, n in enumerate(numbers)
+        for i, n in enumerate(numbers, start=first)
     ]
     with engine.begin() as conn:
         enqueue_faxes(conn, intents, environment="sandbox")
+
+
+def _wait_stretch(engine: Engine, control: str, prefix: str, count: int, timeout: float) -> bool:
+    """Until the stretch's rows are all accepted and mintfax has finished every fax: from
+    then on no event about them will ever come."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with engine.connect() as conn:
+            counts = count_by_status(conn, reference_prefix=prefix)
+        faxes = _get(control, "faxes")
+        faxes = faxes["data"] if isinstance(faxes, dict) else faxes
+        accepted = sum(counts[s] for s in (FaxStatus.SUBMITTED, *FINAL))
+        if (
+            accepted == count
+            and len(faxes) == count
+            and all(f["status"] in ("delivered", "failed") for f in faxes)
+        ):
+            return True
+        time.sleep(0.25)
+    return False
+
+
+def _start_receiver(fleet: Stack, sandbox_url: str) -> str:
+    """What an operator does: register the endpoint (every event), store the signing secret
+    the registration shows once where the receiver reads it, start `faxout webhooks serve`."""
+    port = embedded.free_port()
+    url = f"http://127.0.0.1:{port}/webhooks/mintfax"
+    with MintfaxClient(sandbox_url, SecretStr(DEMO_KEY), timeout=10) as client:
+        _, secret = client.create_webhook(url)
+    fleet.env["MINTFAX_WEBHOOK_SECRET"] = secret.get_secret_value()
+    return fleet.start_webhooks(port)
 
 
 def _watch(
     console: Console,
     engine: Engine,
     throttle: FleetThrottle,
-    control_plane: FleetControl,
     control: str,
     prefix: str,
     total: int,
@@ -230,14 +296,16 @@ def _watch(
             if pauses and state.pause_seen_at is None:
                 state.pause_seen_at = time.monotonic()
             seen = state.pause_seen_at
-            if pauses and seen is not None and not state.topped_up and time.monotonic() - seen > 2:
-                # What an operator does on the top-up alert: add credit, then resume.
+            waited = time.monotonic() - seen if seen is not None else 0.0
+            if pauses and state.topped_up_at is None and waited > 2:
+                # What an operator does on the alert: add credit. mintfax's balance.topup
+                # event then lifts the pause; nobody runs `faxout resume`.
                 _post(control, "balance", top_up=1_000_000)
-                state.topped_up = True
-                control_plane.resume(by="demo")
+                state.topped_up_at = time.monotonic()
+            if not pauses and state.topped_up_at is not None and state.resumed_at is None:
                 state.resumed_at = time.monotonic()
             live.update(_progress(counts, throttle, pauses, state, total))
-            if counts[FaxStatus.PENDING] + counts[FaxStatus.SENDING] == 0:
+            if sum(counts[s] for s in FINAL) + counts[FaxStatus.NEEDS_REVIEW] == total:
                 return True
             time.sleep(0.25)
     return False
@@ -256,13 +324,19 @@ def _progress(
             table.add_row(st.value, str(counts[st]))
     snap = throttle.snapshot()
     done = total - counts[FaxStatus.PENDING] - counts[FaxStatus.SENDING]
+    final = sum(counts[s] for s in FINAL)
+    accepted = counts[FaxStatus.SUBMITTED] + final
     lines = [
-        f"progress  {done}/{total}   rate {state.rate(counts[FaxStatus.SUBMITTED]):5.1f} fax/s",
+        f"progress  {done}/{total} sent, {final}/{total} final   "
+        f"rate {state.rate(accepted):5.1f} fax/s",
         f"throttle  {snap['limit_per_minute']:.0f}/min, next token in "
         f"{snap['next_free_in']:.2f}s, 429 cooldown {snap['cooldown_remaining']:.1f}s",
         "fleet     "
         + (
-            "[red]PAUSED: " + ", ".join(p.reason for p in pauses) + "[/red] (top-up alert raised)"
+            "[red]PAUSED: "
+            + ", ".join(p.reason for p in pauses)
+            + "[/red] (top-up alert raised"
+            + ("; topped up, waiting for the balance.topup event)" if state.topped_up_at else ")")
             if pauses
             else "[green]sending[/green]"
         ),
@@ -278,6 +352,7 @@ def _summary(
     control: str,
     prefix: str,
     total: int,
+    stretch: int,
     state: DemoState,
     finished: bool,
     fleet: Stack,
@@ -285,6 +360,7 @@ def _summary(
     stats = _get(control, "stats")
     faxes = _get(control, "faxes")
     faxes = faxes["data"] if isinstance(faxes, dict) else faxes
+    truth = {f["id"]: (f["status"], f["error_code"]) for f in faxes}
     with engine.connect() as conn:
         counts = count_by_status(conn, reference_prefix=prefix)
         alerts = [
@@ -292,52 +368,98 @@ def _summary(
             for a in recent_alerts(conn, 50)
             if a["kind"] == "fleet_paused" and a["created_at"] >= state.started_at
         ]
-    carrier: dict[str, int] = {}
-    for fax in faxes:
-        carrier[fax["status"]] = carrier.get(fax["status"], 0) + 1
+        rows = conn.execute(_ROWS, {"prefix": f"{prefix}%"}).all()
+        pauses = conn.execute(_BALANCE_PAUSES, {"since": state.started_at}).all()
+    learned = {r.mintfax_fax_id: (r.status, r.error_code) for r in rows if r.mintfax_fax_id}
+    by_polling = [r for r in rows if r.status in ("delivered", "failed") and not r.final_events]
+    stretch_polled = sum(1 for r in by_polling if int(r.reference.removeprefix(prefix)) < stretch)
 
     table = Table(title="demo summary")
     table.add_column("what")
-    table.add_column("value", justify="right")
-    table.add_row("faxes enqueued", str(total))
-    table.add_row("bad intents refused at enqueue", str(len(state.refusals)))
+    table.add_column("outbox (learned)", justify="right")
+    table.add_column("mintfax (truth)", justify="right")
+    table.add_row("faxes enqueued", str(total), "")
+    table.add_row("bad intents refused at enqueue", str(len(state.refusals)), "")
+    for outcome, count in sorted(_outcomes(learned.values()).items()):
+        table.add_row(outcome, str(count), str(_outcomes(truth.values()).get(outcome, 0)))
     for st in FaxStatus:
-        if counts[st]:
-            table.add_row(f"rows {st.value}", str(counts[st]))
-    table.add_row("faxes created at mintfax (sandbox)", str(stats["faxes_created"]))
-    table.add_row("duplicate creations", str(stats["duplicate_creations"]))
-    table.add_row("idempotent replays (after dropped 201s)", str(stats["idempotent_replays"]))
+        if counts[st] and st not in (FaxStatus.DELIVERED, FaxStatus.FAILED):
+            table.add_row(f"rows {st.value}", str(counts[st]), "")
+    table.add_row(
+        "final states learned from webhooks / polling",
+        f"{len(rows) - len(by_polling) - counts[FaxStatus.SUBMITTED]} / {len(by_polling)}",
+        "",
+    )
+    table.add_row(f"  of the {stretch} sent without webhooks, by polling", str(stretch_polled), "")
+    table.add_row("faxes created at mintfax", "", str(stats["faxes_created"]))
+    table.add_row("duplicate creations", "", str(stats["duplicate_creations"]))
+    table.add_row("idempotent replays (after dropped 201s)", "", str(stats["idempotent_replays"]))
     by_status = stats["requests_by_status"]
     table.add_row(
-        "sandbox answers",
-        ", ".join(f"{k}: {v}" for k, v in sorted(by_status.items())),
+        "sandbox answers", "", ", ".join(f"{k}: {v}" for k, v in sorted(by_status.items()))
     )
-    table.add_row("402 pause alerts", str(len(alerts)))
-    table.add_row(
-        "mintfax carrier outcome so far",
-        ", ".join(f"{k}: {v}" for k, v in sorted(carrier.items())),
-    )
-    table.add_row("elapsed", f"{time.monotonic() - state.started:.1f}s")
+    table.add_row("webhooks delivered", "", str(stats["webhooks_delivered"]))
+    table.add_row("402 pause alerts", str(len(alerts)), "")
+    table.add_row("balance pause lifted by", ", ".join(str(p.ended_by) for p in pauses) or "-", "")
+    table.add_row("elapsed", f"{time.monotonic() - state.started:.1f}s", "")
     console.print(table)
 
     problems = []
     if not finished:
-        problems.append("not every fax left the outbox in time")
+        problems.append("not every fax reached a final state in time")
     if stats["duplicate_creations"]:
         problems.append("mintfax created a fax twice")
-    if stats["faxes_created"] != counts[FaxStatus.SUBMITTED]:
-        problems.append("rows submitted and faxes created differ")
+    if stats["faxes_created"] != len(learned):
+        problems.append("rows accepted by mintfax and faxes created differ")
+    wrong = {k: (learned.get(k), v) for k, v in truth.items() if learned.get(k) != v}
+    if wrong:
+        example = next(iter(wrong.items()))
+        problems.append(f"{len(wrong)} final states differ from mintfax's, e.g. {example}")
+    if stretch_polled != stretch:
+        problems.append(
+            f"polling closed {stretch_polled} of the {stretch} faxes sent without webhooks"
+        )
     if state.pause_seen_at is None:
         problems.append("the 402 episode did not happen")
     if len(alerts) < 1:
         problems.append("no top-up alert was raised")
+    if not pauses or any(p.ended_by != TOPUP_RESUME for p in pauses):
+        problems.append("the balance pause was not lifted by the balance.topup event")
     if problems:
         for line in problems:
             console.print(f"[red]demo failed:[/red] {line}")
         console.print(f"process logs were in {fleet.log_dir}")
         return 1
-    console.print("[green]every fax reached mintfax exactly once[/green]")
+    console.print(
+        "[green]every fax reached mintfax exactly once, and every final state the outbox "
+        "learned (webhooks, polling) equals mintfax's[/green]"
+    )
     return 0
+
+
+# Who ends a balance pause on mintfax's balance.topup event (outbox.reconcile.Reconciler).
+TOPUP_RESUME = "mintfax:balance.topup"
+_ROWS = text(
+    """
+    SELECT o.reference, o.mintfax_fax_id, o.status::text AS status, o.error_code,
+           EXISTS (SELECT 1 FROM fax_events e WHERE e.mintfax_fax_id = o.mintfax_fax_id
+                   AND e.event_type IN ('fax.delivered', 'fax.failed')) AS final_events
+    FROM fax_outbox o WHERE o.reference LIKE :prefix
+    """
+)
+_BALANCE_PAUSES = text(
+    "SELECT ended_by FROM fleet_pauses WHERE reason = 'insufficient_balance' "
+    "AND started_at >= :since ORDER BY started_at"
+)
+
+
+def _outcomes(states: Any) -> dict[str, int]:
+    """`delivered`, `failed: <reason>` counts of (status, error code) pairs."""
+    counts: dict[str, int] = {}
+    for status, code in states:
+        key = status if status != "failed" else f"failed: {code}"
+        counts[key] = counts.get(key, 0) + 1
+    return counts
 
 
 def _post(control: str, path: str, **body: Any) -> Any:
