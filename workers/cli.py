@@ -35,6 +35,7 @@ from outbox.repository import Pause, count_by_status, open_pauses, recent_alerts
 from outbox.settings import Settings
 
 if TYPE_CHECKING:
+    from outbox.fax_client import MintfaxClient
     from outbox.pause import FleetControl
 
 app = typer.Typer(
@@ -440,18 +441,8 @@ def webhooks_register(
                     f"{', '.join(REQUIRED_WEBHOOK_EVENTS)} (--force registers it anyway)"
                 ]
             )
-    settings = load_settings()
-    _require(settings.api_key)
-    from outbox.errors import MintfaxError
-    from outbox.fax_client import MintfaxClient
-
-    try:
-        with MintfaxClient(
-            settings.mintfax_base_url, settings.api_key, timeout=settings.http_timeout_seconds
-        ) as client:
-            endpoint, secret = client.create_webhook(url, wanted)
-    except MintfaxError as exc:
-        _fail([f"mintfax refused the registration: {exc}"], code=1)
+    with _mintfax("the registration") as client:
+        endpoint, secret = client.create_webhook(url, wanted)
     subscribed = endpoint.get("events") or wanted
     typer.echo(f"registered webhook endpoint {endpoint.get('id')} for {endpoint.get('url', url)}")
     typer.echo(f"events: {', '.join(subscribed) if subscribed else 'all'}")
@@ -463,10 +454,9 @@ def webhooks_register(
     )
 
 
-@webhooks_app.command("list")
-def webhooks_list() -> None:
-    """The webhook endpoints registered at mintfax (never their secrets)."""
-    _require_extra("webhooks list", "worker")
+@contextmanager
+def _mintfax(what: str) -> Iterator[MintfaxClient]:
+    """A mintfax client from the settings; mintfax's refusal of `what` is one line, exit 1."""
     settings = load_settings()
     _require(settings.api_key)
     from outbox.errors import MintfaxError
@@ -476,9 +466,17 @@ def webhooks_list() -> None:
         with MintfaxClient(
             settings.mintfax_base_url, settings.api_key, timeout=settings.http_timeout_seconds
         ) as client:
-            endpoints = client.list_webhooks()
+            yield client
     except MintfaxError as exc:
-        _fail([f"mintfax refused the listing: {exc}"], code=1)
+        _fail([f"mintfax refused {what}: {exc}"], code=1)
+
+
+@webhooks_app.command("list")
+def webhooks_list() -> None:
+    """The webhook endpoints registered at mintfax (never their secrets)."""
+    _require_extra("webhooks list", "worker")
+    with _mintfax("the listing") as client:
+        endpoints = client.list_webhooks()
     if not endpoints:
         typer.echo("no webhook endpoints registered")
     for endpoint in endpoints:
