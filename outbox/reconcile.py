@@ -18,8 +18,8 @@ ends a balance pause of the fleet.
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
@@ -79,6 +79,8 @@ class Reconciler:
         self._alerter = alerter
         self._fleet = fleet
         self._clock = clock
+        # One thread, started on first use, for the alert deliveries that follow an answer.
+        self._deliveries = ThreadPoolExecutor(max_workers=1, thread_name_prefix="faxout-alerts")
 
     def handle_event(self, event: FaxEvent) -> EventResult:
         """Record `event` once and apply it, in one statement (the database's
@@ -107,10 +109,12 @@ class Reconciler:
         if alert_id is not None:
             # After the answer, not before: mintfax waits at most 5 s for it, and an alert
             # webhook may be slow (beat's retry delivers it if this process dies first).
-            threading.Thread(
-                target=self._alerter.deliver, args=(self._engine, [alert_id]), daemon=True
-            ).start()
+            self._deliveries.submit(self._alerter.deliver, self._engine, [alert_id])
         return result
+
+    def close(self) -> None:
+        """Wait for alert deliveries still under way (at process or test end)."""
+        self._deliveries.shutdown(wait=True)
 
     def _end_balance_pause(self) -> None:
         if self._fleet is None:

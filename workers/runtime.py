@@ -88,6 +88,8 @@ class Runtime:
             instance.dispose()
 
     def dispose(self) -> None:
+        if "reconciler" in self.__dict__:
+            self.reconciler.close()
         if "engine" in self.__dict__:
             self.engine.dispose()
         if "client" in self.__dict__:

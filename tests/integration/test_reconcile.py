@@ -42,8 +42,10 @@ def event(kind: str, fax_id: str, at: datetime, **data: Any) -> FaxEvent:
 
 
 @pytest.fixture
-def reconciler(engine: Engine) -> Reconciler:
-    return Reconciler(engine, Alerter(FrozenClock(T0)), None, FrozenClock(T0))
+def reconciler(engine: Engine) -> Iterator[Reconciler]:
+    reconciler = Reconciler(engine, Alerter(FrozenClock(T0)), None, FrozenClock(T0))
+    yield reconciler
+    reconciler.close()  # alert deliveries under way, before the engine goes
 
 
 def submitted(harness: Harness, fax_id: str, ref: str = "r1") -> int:  # noqa: F811
@@ -223,8 +225,10 @@ def test_the_helper_reads_a_faxs_state_by_id_and_by_reference(
 def test_a_topup_event_ends_a_balance_pause_and_only_that(
     harness: Harness,  # noqa: F811
     engine: Engine,
+    request: pytest.FixtureRequest,
 ) -> None:
     reconciler = Reconciler(engine, Alerter(harness.clock), harness.fleet, harness.clock)
+    request.addfinalizer(reconciler.close)
     harness.fleet.pause(PauseReason.INSUFFICIENT_BALANCE, by="test 402")
     harness.fleet.pause(PauseReason.OPERATOR, by="an operator")
     data = {"available": 5000, "held": 0, "currency": "USD", "amount": 5000}
