@@ -14,24 +14,13 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-# mintfax's fax statuses in the order a fax moves through them; the last two are terminal and
-# a fax reaches exactly one of them (mintfax-api.md section 3). "sending" appears in generation
-# A's event payloads although it is not in the enum: it ranks with in_progress.
-MINTFAX_STATUS_RANK: Mapping[str, int] = {
-    "queued": 0,
-    "submitted": 1,
-    "sending": 2,
-    "in_progress": 2,
-    "delivered": 3,
-    "failed": 3,
-}
-TERMINAL_MINTFAX_STATUSES = frozenset({"delivered", "failed"})
-
+# mintfax's statuses and their order (queued < submitted < sending = in_progress < delivered |
+# failed) have one definition: the database's `mintfax_status_rank` (migration 0008), which the
+# state-transition function uses; an unknown status is 'ignored' there.
 FAX_EVENTS = frozenset(
     {"fax.queued", "fax.submitted", "fax.sending", "fax.retry_scheduled", "fax.delivered",
      "fax.failed"}
 )  # fmt: skip
-BALANCE_EVENTS = frozenset({"balance.low", "balance.topup"})
 
 
 @dataclass(frozen=True, slots=True)

@@ -236,3 +236,15 @@ def test_a_topup_event_ends_a_balance_pause_and_only_that(
     assert reconciler.handle_event(topup) is EventResult.APPLIED
     assert [p.reason for p in harness.fleet.open_pauses()] == ["operator"]
     assert reconciler.handle_event(topup) is EventResult.DUPLICATE
+
+
+def test_a_status_mintfax_never_documented_is_ignored(
+    harness: Harness,  # noqa: F811
+    reconciler: Reconciler,
+) -> None:
+    row = submitted(harness, "fax-u")
+    odd = event("fax.sending", "fax-u", T0)
+    odd = FaxEvent(odd.event_id, odd.event_type, T0, {"id": "fax-u", "status": "teleported"}, {})
+    assert reconciler.handle_event(odd) is EventResult.IGNORED
+    state = harness.row(row)
+    assert (state["status"], state["mintfax_status"]) == ("submitted", "queued")
