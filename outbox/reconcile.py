@@ -29,6 +29,7 @@ from sqlalchemy import Connection, Engine
 from outbox import repository
 from outbox.alerts import Alert, Alerter
 from outbox.clock import Clock
+from outbox.errors import FleetStateUnavailable
 from outbox.events import FAX_EVENTS, FaxEvent, FaxObservation
 from outbox.models import PauseReason
 from outbox.pause import FleetControl
@@ -119,9 +120,16 @@ class Reconciler:
     def _end_balance_pause(self) -> None:
         if self._fleet is None:
             return
-        ended = self._fleet.resume(
-            by="mintfax:balance.topup", reasons=[PauseReason.INSUFFICIENT_BALANCE.value]
-        )
+        try:
+            ended = self._fleet.resume(
+                by="mintfax:balance.topup", reasons=[PauseReason.INSUFFICIENT_BALANCE.value]
+            )
+        except FleetStateUnavailable as exc:
+            # The pause ended in Postgres (the truth) before the Redis mirror failed; beat's
+            # mirror sync heals that. An error here would make mintfax resend the event, which
+            # is then a duplicate and does nothing.
+            log.warning("balance topped up; the pause mirror is stale until beat heals it: %s", exc)
+            return
         if ended:
             log.info("balance topped up: the fleet's balance pause ended")
 

@@ -248,3 +248,25 @@ def test_a_status_mintfax_never_documented_is_ignored(
     assert reconciler.handle_event(odd) is EventResult.IGNORED
     state = harness.row(row)
     assert (state["status"], state["mintfax_status"]) == ("submitted", "queued")
+
+
+def test_a_topup_is_applied_even_when_redis_is_down(
+    harness: Harness,  # noqa: F811
+    engine: Engine,
+    request: pytest.FixtureRequest,
+) -> None:
+    # The pause ends in Postgres (the truth); the Redis mirror is healed by beat's sync.
+    import redis as redis_lib
+
+    from outbox.pause import FleetControl, PauseMirror
+    from workers.single_host.embedded import free_port
+
+    harness.fleet.pause(PauseReason.INSUFFICIENT_BALANCE, by="test 402")
+    dead = redis_lib.Redis.from_url(f"redis://127.0.0.1:{free_port()}/0", socket_timeout=1)
+    fleet = FleetControl(engine, PauseMirror(dead), Alerter(harness.clock), harness.clock)
+    reconciler = Reconciler(engine, Alerter(harness.clock), fleet, harness.clock)
+    request.addfinalizer(reconciler.close)
+    data = {"available": 5000, "held": 0}
+    topup = FaxEvent("evt_topup_2", "balance.topup", T0, data, {"event_id": "evt_topup_2"})
+    assert reconciler.handle_event(topup) is EventResult.APPLIED
+    assert harness.fleet.open_pauses() == []
