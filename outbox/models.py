@@ -216,6 +216,27 @@ Index(
     postgresql_where=text("status = 'submitted'"),
 )
 Index("fax_outbox_status_idx", fax_outbox.c.status)
+# The metrics scrape and the dashboard (migration 0013, outbox/fleet_status.py): the oldest
+# pending fax, the latency histograms (index-only), and the last hour as ranges.
+Index(
+    "fax_outbox_pending_created_idx",
+    fax_outbox.c.created_at,
+    postgresql_where=text("status = 'pending'"),
+)
+Index(
+    "fax_outbox_latency_idx",
+    fax_outbox.c.submitted_at,
+    fax_outbox.c.created_at,
+    fax_outbox.c.completed_at,
+    postgresql_where=text("submitted_at IS NOT NULL"),
+)
+Index(
+    "fax_outbox_completed_at_idx",
+    fax_outbox.c.status,
+    fax_outbox.c.completed_at,
+    postgresql_where=text("completed_at IS NOT NULL"),
+)
+Index("fax_outbox_created_at_idx", fax_outbox.c.created_at)
 
 fax_attempts = Table(
     "fax_attempts",
@@ -249,6 +270,8 @@ fax_attempts = Table(
     ),
 )
 Index("fax_attempts_fax_id_idx", fax_attempts.c.fax_id, fax_attempts.c.attempt)
+# The attempt counters of the metrics (submitted, retries, 429s, 402s), index-only (0013).
+Index("fax_attempts_outcome_idx", fax_attempts.c.outcome, fax_attempts.c.http_status)
 
 
 class PauseReason(StrEnum):
@@ -347,6 +370,8 @@ Index(
     postgresql_where=text("outcome = 'pending'"),
 )
 Index("fax_events_outbox_id_idx", fax_events.c.outbox_id)
+# Webhook events by outcome, for the metrics (migration 0013).
+Index("fax_events_outcome_idx", fax_events.c.outcome)
 
 
 # --- status polling and balance watch (migration 0009) ---

@@ -1029,6 +1029,160 @@ def record_balance_snapshot(
     return BalanceSnapshot(*row)
 
 
+# --- the fleet's state: metrics, `faxout status`, the dashboard (outbox/fleet_status.py) -------
+# Each statement walks an index (migration 0013), so a scrape stays cheap at a million rows
+# (bench/metrics_scrape.py).
+
+
+def oldest_pending(conn: Connection, *, now: datetime | None) -> Mapping[str, Any] | None:
+    """The pending row enqueued first (`fax_outbox_pending_created_idx`), with its age in
+    seconds on the database's clock; None when nothing is pending."""
+    row = conn.execute(
+        text(
+            "SELECT id, reference, to_number, created_at, attempts, next_attempt_at, "
+            "status_reason, greatest(0, extract(epoch FROM "
+            "coalesce(CAST(:now AS timestamptz), now()) - created_at))::float8 AS age_seconds "
+            "FROM fax_outbox WHERE status = 'pending' ORDER BY created_at, id LIMIT 1"
+        ),
+        {"now": now},
+    ).one_or_none()
+    return None if row is None else dict(row._mapping)
+
+
+def attempt_counts(conn: Connection) -> dict[tuple[str, int | None], int]:
+    """Every logged attempt counted by (outcome, HTTP status): index-only on
+    `fax_attempts_outcome_idx`."""
+    result = conn.execute(
+        text("SELECT outcome, http_status, count(*) FROM fax_attempts GROUP BY 1, 2")
+    )
+    return {(outcome, status): count for outcome, status, count in result}
+
+
+def event_counts(conn: Connection) -> dict[str, int]:
+    """Recorded webhook events by outcome (each event id once): `fax_events_outcome_idx`."""
+    result = conn.execute(text("SELECT outcome, count(*) FROM fax_events GROUP BY 1"))
+    return {outcome: count for outcome, count in result}
+
+
+@dataclass(frozen=True, slots=True)
+class LatencyCounts:
+    """One latency histogram: cumulative counts per upper bound (seconds), count and sum."""
+
+    buckets: tuple[tuple[float, int], ...]
+    count: int
+    total_seconds: float
+
+
+@functools.cache
+def _latency_statement(bounds: tuple[float, ...]) -> Any:
+    # The bounds are the code's own constants (floats), never input: safe to write into SQL.
+    def filters(column: str) -> str:
+        return ", ".join(f"count({column}) FILTER (WHERE {column} <= {float(b)!r})" for b in bounds)
+
+    return text(
+        f"""
+        SELECT count(*), coalesce(sum(to_submit), 0)::float8, {filters("to_submit")},
+               count(to_final), coalesce(sum(to_final), 0)::float8, {filters("to_final")}
+        FROM (
+            SELECT greatest(0, extract(epoch FROM submitted_at - created_at))::float8
+                       AS to_submit,
+                   -- greatest() skips NULLs: a row not yet final must stay NULL here.
+                   CASE WHEN completed_at IS NOT NULL
+                        THEN greatest(0, extract(epoch FROM completed_at - submitted_at))::float8
+                   END AS to_final
+            FROM fax_outbox WHERE submitted_at IS NOT NULL
+        ) AS accepted
+        """  # noqa: S608
+    )
+
+
+def latency_counts(
+    conn: Connection, bounds: Sequence[float]
+) -> tuple[LatencyCounts, LatencyCounts]:
+    """Insert-to-submit and submit-to-final latencies of every accepted row, as cumulative
+    histograms over `bounds`: one index-only scan of `fax_outbox_latency_idx`.
+
+    A duration below zero (mintfax's completion time is its clock, our submission time the
+    database's, and the two may disagree) counts as zero.
+    """
+    key = tuple(float(b) for b in bounds)
+    row = conn.execute(_latency_statement(key)).one()
+    n = len(key)
+    first = row[: 2 + n]
+    second = row[2 + n :]
+    return (
+        LatencyCounts(tuple(zip(key, first[2:], strict=True)), first[0], first[1]),
+        LatencyCounts(tuple(zip(key, second[2:], strict=True)), second[0], second[1]),
+    )
+
+
+_LAST_HOUR = text(
+    """
+    WITH bounds AS (
+        SELECT date_trunc('minute', coalesce(CAST(:now AS timestamptz), now()))
+               - make_interval(mins => :minutes - 1) AS start
+    )
+    SELECT 'enqueued', date_trunc('minute', created_at) AS minute, count(*)
+    FROM fax_outbox, bounds WHERE created_at >= bounds.start GROUP BY 2
+    UNION ALL
+    SELECT 'submitted', date_trunc('minute', submitted_at), count(*)
+    FROM fax_outbox, bounds WHERE submitted_at >= bounds.start GROUP BY 2
+    UNION ALL
+    SELECT status::text, date_trunc('minute', completed_at), count(*)
+    FROM fax_outbox, bounds
+    WHERE status IN ('delivered', 'failed', 'rejected', 'cancelled')
+      AND completed_at >= bounds.start
+    GROUP BY 1, 2
+    """
+)
+
+
+def per_minute(
+    conn: Connection, *, now: datetime | None, minutes: int
+) -> tuple[datetime, dict[str, dict[datetime, int]]]:
+    """Rows enqueued, submitted, and reaching each final status, per minute of the last
+    `minutes` (the current minute included): ranges of the indexes of migration 0013.
+    Returns the first minute and {series: {minute: count}}."""
+    start: datetime = conn.execute(
+        text(
+            "SELECT date_trunc('minute', coalesce(CAST(:now AS timestamptz), now())) "
+            "- make_interval(mins => :minutes - 1)"
+        ),
+        {"now": now, "minutes": minutes},
+    ).scalar_one()
+    series: dict[str, dict[datetime, int]] = {}
+    for name, minute, count in conn.execute(_LAST_HOUR, {"now": now, "minutes": minutes}):
+        series.setdefault(name, {})[minute] = count
+    return start, series
+
+
+_ROWS_TO_LOOK_AT = text(
+    """
+    (SELECT id, status::text, status_reason, reference, to_number, error_code, error_message,
+            last_error, attempts, updated_at
+     FROM fax_outbox WHERE status = 'needs_review' ORDER BY updated_at DESC, id DESC
+     LIMIT :limit)
+    UNION ALL
+    (SELECT id, status::text, status_reason, reference, to_number, error_code, error_message,
+            last_error, attempts, updated_at
+     FROM fax_outbox WHERE status = 'failed' AND completed_at IS NOT NULL
+     ORDER BY completed_at DESC, id DESC LIMIT :limit)
+    UNION ALL
+    (SELECT id, status::text, status_reason, reference, to_number, error_code, error_message,
+            last_error, attempts, updated_at
+     FROM fax_outbox WHERE status = 'rejected' AND completed_at IS NOT NULL
+     ORDER BY completed_at DESC, id DESC LIMIT :limit)
+    """
+)
+
+
+def rows_to_look_at(conn: Connection, *, limit: int) -> list[Mapping[str, Any]]:
+    """The newest rows (up to `limit` of each) in needs_review, failed and rejected, with
+    their reasons: needs_review through `fax_outbox_status_idx` (a few rows), failed and
+    rejected as ranges of `fax_outbox_completed_at_idx`."""
+    return [dict(row._mapping) for row in conn.execute(_ROWS_TO_LOOK_AT, {"limit": limit})]
+
+
 # --- reconciliation ----------------------------------------------------------------------------
 
 
