@@ -395,3 +395,45 @@ balance_snapshots = Table(
     Column("low_since", DateTime(timezone=True)),
 )
 Index("balance_snapshots_observed_at_idx", balance_snapshots.c.observed_at)
+
+
+# --- liveness (migration 0011, outbox/liveness.py) ---
+# The roles whose processes publish heartbeats.
+LIVENESS_ROLES = ("relay", "beat", "worker", "webhooks")
+_ROLE_KNOWN = "role IN (" + ", ".join(f"'{r}'" for r in LIVENESS_ROLES) + ")"
+# One row per running process, keyed by a random id drawn when it starts (a restarted container
+# keeps its hostname and pid 1); every time on the database's clock.
+heartbeats = Table(
+    "heartbeats",
+    metadata,
+    Column("instance", UUID(as_uuid=True), primary_key=True),
+    Column("role", Text, nullable=False),
+    Column("process", Text, nullable=False),
+    Column("hostname", Text, nullable=False),
+    Column("pid", Integer, nullable=False),
+    Column("started_at", DateTime(timezone=True), nullable=False),
+    Column("seen_at", DateTime(timezone=True), nullable=False),
+    Column("stopped_at", DateTime(timezone=True)),
+    CheckConstraint(_ROLE_KNOWN, name="role_known"),
+    CheckConstraint("seen_at >= started_at", name="seen_after_start"),
+)
+Index("heartbeats_role_seen_at_idx", heartbeats.c.role, heartbeats.c.seen_at)
+# A stretch of time in which no process of a role was alive: one open episode per role (two
+# checkers noticing at once open one), which names the episode's one alert.
+liveness_episodes = Table(
+    "liveness_episodes",
+    metadata,
+    Column("id", BigInteger, Identity(always=False), primary_key=True),
+    Column("role", Text, nullable=False),
+    Column("started_at", DateTime(timezone=True), nullable=False),
+    Column("last_seen_at", DateTime(timezone=True)),
+    Column("ended_at", DateTime(timezone=True)),
+    CheckConstraint(_ROLE_KNOWN, name="role_known"),
+    CheckConstraint("ended_at IS NULL OR ended_at >= started_at", name="ends_after_start"),
+)
+Index(
+    "liveness_episodes_open_role_idx",
+    liveness_episodes.c.role,
+    unique=True,
+    postgresql_where=text("ended_at IS NULL"),
+)

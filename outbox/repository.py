@@ -1029,6 +1029,174 @@ def record_balance_snapshot(
     return BalanceSnapshot(*row)
 
 
+# --- liveness (outbox/liveness.py) -------------------------------------------------------------
+
+# Every time here is the database's (`coalesce(:now, now())`): a host whose wall clock is wrong
+# still publishes a fresh heartbeat, and ages are measured on one clock.
+_BEAT = text(
+    """
+    INSERT INTO heartbeats AS h (instance, role, process, hostname, pid, started_at, seen_at)
+    VALUES (:instance, :role, :process, :hostname, :pid,
+            coalesce(CAST(:now AS timestamptz), now()), coalesce(CAST(:now AS timestamptz), now()))
+    ON CONFLICT (instance) DO UPDATE
+    SET seen_at = greatest(h.seen_at, EXCLUDED.seen_at), stopped_at = NULL
+    """
+)
+
+
+def beat_heartbeat(
+    conn: Connection,
+    *,
+    instance: uuid.UUID,
+    role: str,
+    process: str,
+    hostname: str,
+    pid: int,
+    now: datetime | None,
+) -> None:
+    """Record that process `instance` is alive now (its first beat also records its start)."""
+    conn.execute(
+        _BEAT,
+        {
+            "instance": instance,
+            "role": role,
+            "process": process,
+            "hostname": hostname,
+            "pid": pid,
+            "now": now,
+        },
+    )
+
+
+def stop_heartbeat(conn: Connection, instance: uuid.UUID, *, now: datetime | None) -> None:
+    """Mark process `instance` as shut down cleanly (it is no longer counted as alive)."""
+    conn.execute(
+        text(
+            "UPDATE heartbeats SET stopped_at = coalesce(CAST(:now AS timestamptz), now()), "
+            "seen_at = greatest(seen_at, coalesce(CAST(:now AS timestamptz), now())) "
+            "WHERE instance = :instance"
+        ),
+        {"instance": instance, "now": now},
+    )
+
+
+def heartbeat_rows(conn: Connection, *, now: datetime | None) -> list[Mapping[str, Any]]:
+    """Every recorded process, by role and name, with its age in seconds on the database's
+    clock (`age_seconds`: since its last heartbeat)."""
+    result = conn.execute(
+        text(
+            "SELECT instance, role, process, hostname, pid, started_at, seen_at, stopped_at, "
+            "  extract(epoch FROM coalesce(CAST(:now AS timestamptz), now()) - seen_at) "
+            "    AS age_seconds "
+            "FROM heartbeats ORDER BY role, process, started_at"
+        ),
+        {"now": now},
+    )
+    return [dict(row._mapping) for row in result]
+
+
+def live_roles(
+    conn: Connection, *, within_seconds: float, hostname: str | None, now: datetime | None
+) -> set[str]:
+    """Roles with a running process (not stopped) seen in the last `within_seconds`, on
+    `hostname` only when given."""
+    result = conn.execute(
+        text(
+            "SELECT DISTINCT role FROM heartbeats "
+            "WHERE stopped_at IS NULL "
+            "  AND seen_at >= coalesce(CAST(:now AS timestamptz), now()) "
+            "                 - make_interval(secs => :within) "
+            "  AND (CAST(:hostname AS text) IS NULL OR hostname = :hostname)"
+        ),
+        {"within": within_seconds, "hostname": hostname, "now": now},
+    )
+    return {row[0] for row in result}
+
+
+# Opens the role's down episode in one statement when no process of it has been seen for
+# `:threshold` seconds and the checker itself has been up that long (a fleet starting up, or a
+# checker that just restarted, has not yet had the time to see the role). Two checkers at once
+# insert one row: the second waits on the open-episode unique index, then does nothing.
+_OPEN_DOWN_EPISODE = text(
+    """
+    WITH now AS (SELECT coalesce(CAST(:now AS timestamptz), now()) AS t),
+    last AS (SELECT max(seen_at) AS seen FROM heartbeats WHERE role = :role)
+    INSERT INTO liveness_episodes (role, started_at, last_seen_at)
+    SELECT :role, now.t, last.seen
+    FROM now, last
+    WHERE (last.seen IS NULL OR last.seen < now.t - make_interval(secs => :threshold))
+      AND EXISTS (
+        SELECT 1 FROM heartbeats
+        WHERE instance = :checker
+          AND started_at <= now.t - make_interval(secs => :threshold))
+    ON CONFLICT (role) WHERE ended_at IS NULL DO NOTHING
+    RETURNING id, last_seen_at
+    """
+)
+
+# Ends the role's open episode once a running process of it has been seen since it began.
+_END_DOWN_EPISODE = text(
+    """
+    UPDATE liveness_episodes AS e
+    SET ended_at = greatest(e.started_at, coalesce(CAST(:now AS timestamptz), now()))
+    WHERE e.role = :role AND e.ended_at IS NULL
+      AND EXISTS (
+        SELECT 1 FROM heartbeats h
+        WHERE h.role = :role AND h.stopped_at IS NULL AND h.seen_at >= e.started_at)
+    RETURNING e.id, e.started_at
+    """
+)
+
+
+def open_down_episode(
+    conn: Connection, *, role: str, threshold: float, checker: uuid.UUID, now: datetime | None
+) -> tuple[int, datetime | None] | None:
+    """Open the episode in which no process of `role` is alive (see `_OPEN_DOWN_EPISODE`);
+    (its id, when the role was last seen), or None if the role is alive, the checker is too
+    young to judge, or the episode is already open."""
+    row = conn.execute(
+        _OPEN_DOWN_EPISODE,
+        {"role": role, "threshold": threshold, "checker": checker, "now": now},
+    ).one_or_none()
+    return None if row is None else (row[0], row[1])
+
+
+def end_down_episode(
+    conn: Connection, *, role: str, now: datetime | None
+) -> tuple[int, datetime] | None:
+    """End `role`'s open down episode if a running process of it was seen since it began;
+    (its id, when it began), or None."""
+    row = conn.execute(_END_DOWN_EPISODE, {"role": role, "now": now}).one_or_none()
+    return None if row is None else (row[0], row[1])
+
+
+def open_down_episodes(conn: Connection) -> list[Mapping[str, Any]]:
+    """The roles without a live process right now, as their open episodes."""
+    result = conn.execute(
+        text(
+            "SELECT id, role, started_at, last_seen_at FROM liveness_episodes "
+            "WHERE ended_at IS NULL ORDER BY role"
+        )
+    )
+    return [dict(row._mapping) for row in result]
+
+
+def prune_heartbeats(
+    conn: Connection, *, stopped_after: float, silent_after: float, now: datetime | None
+) -> int:
+    """Forget processes that stopped cleanly `stopped_after` seconds ago, or went silent (a
+    crash) `silent_after` seconds ago; how many rows went."""
+    result = conn.execute(
+        text(
+            "DELETE FROM heartbeats WHERE seen_at < coalesce(CAST(:now AS timestamptz), now()) "
+            "  - make_interval(secs => CASE WHEN stopped_at IS NULL "
+            "                          THEN :silent ELSE :stopped END)"
+        ),
+        {"stopped": stopped_after, "silent": silent_after, "now": now},
+    )
+    return result.rowcount
+
+
 # --- the fleet's state: metrics, `faxout status`, the dashboard (outbox/fleet_status.py) -------
 # Each statement walks an index (migration 0013), so a scrape stays cheap at a million rows
 # (bench/metrics_scrape.py).

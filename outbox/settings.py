@@ -44,6 +44,9 @@ DEFAULT_POLL_AFTER_SECONDS = 600.0
 DEFAULT_POLL_SHARE = 0.2
 DEFAULT_LOW_BALANCE_CENTS = 500
 DEFAULT_RESUME_BALANCE_CENTS = 1000
+# Liveness: heartbeat period, and how long a role may have no live process before one alert.
+DEFAULT_HEARTBEAT_SECONDS = 5.0
+DEFAULT_LIVENESS_ALERT_SECONDS = 120.0
 # The longest throttle wait a worker sleeps while holding a lease (longer: it gives the row back).
 MAX_INLINE_WAIT_SECONDS = 1.0
 # What a lease must hold beyond the request and the inline wait: the claim's and the record's
@@ -151,6 +154,19 @@ class Settings(BaseSettings):
     resume_balance_cents: int = Field(
         default=DEFAULT_RESUME_BALANCE_CENTS, ge=1, validation_alias="FAXOUT_RESUME_BALANCE_CENTS"
     )
+    # --- liveness (outbox/liveness.py) ---
+    # How often the relay, beat, workers and webhook receivers publish a heartbeat.
+    heartbeat_seconds: float = Field(
+        default=DEFAULT_HEARTBEAT_SECONDS, ge=0.1, le=300,
+        validation_alias="FAXOUT_HEARTBEAT_SECONDS",
+    )  # fmt: skip
+    # No relay (or no beat) alive for this long raises one alert per episode.
+    liveness_alert_seconds: float = Field(
+        default=DEFAULT_LIVENESS_ALERT_SECONDS, ge=1, le=86_400,
+        validation_alias="FAXOUT_LIVENESS_ALERT_SECONDS",
+    )  # fmt: skip
+    # Where operators (and `faxout preflight`) find Flower; optional.
+    flower_url: str | None = Field(default=None, validation_alias="FAXOUT_FLOWER_URL")
 
     @classmethod
     def settings_customise_sources(
@@ -184,6 +200,18 @@ class Settings(BaseSettings):
                 f"the longest inline throttle wait ({MAX_INLINE_WAIT_SECONDS:g}) and a margin "
                 f"({LEASE_MARGIN_SECONDS:g}): more than {needed:g} seconds, got "
                 f"{self.lease_seconds}",
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _alert_after_missed_heartbeats(self) -> Settings:
+        # A process that missed one beat (a GC pause, a slow database) is not down: the alert
+        # waits for at least two heartbeat periods without any live process of the role.
+        if self.liveness_alert_seconds < 2 * self.heartbeat_seconds:
+            raise ConfigurationError(
+                "FAXOUT_LIVENESS_ALERT_SECONDS",
+                f"must be at least twice FAXOUT_HEARTBEAT_SECONDS ({self.heartbeat_seconds:g}), "
+                f"got {self.liveness_alert_seconds:g}",
             )
         return self
 
@@ -345,6 +373,7 @@ _MASKED_URL_FIELDS: dict[str, Callable[[str], str]] = {
     "database_url": mask_url_password,
     "redis_url": mask_url_password,
     "alert_webhook_url": mask_url_path,
+    "flower_url": mask_url_password,
 }
 
 

@@ -14,6 +14,7 @@ reads them from its environment once, when Celery first configures the app.
 from __future__ import annotations
 
 import logging
+import socket
 import sys
 from typing import Any
 
@@ -27,6 +28,7 @@ from outbox.poller import StatusPoller
 from outbox.rescuer import LeaseRescuer
 from outbox.resolver import UnknownOutcomeResolver
 from outbox.settings import Settings
+from workers import heartbeat
 from workers.runtime import Runtime
 
 QUEUE = "faxout"
@@ -143,3 +145,24 @@ def _configure_on_first_use(sender: Celery, **_: Any) -> None:
 @signals.worker_process_shutdown.connect
 def _close_runtime(**_: Any) -> None:
     Runtime.close()
+
+
+# Liveness (outbox/liveness.py): the worker node's parent process and beat publish heartbeats
+# on a thread of their own and check that the fleet has a relay and a beat.
+@signals.worker_ready.connect
+def _start_worker_heartbeat(sender: Any, **_: Any) -> None:
+    settings = Runtime.configured_settings()
+    if settings is not None:
+        heartbeat.start(settings, "worker", str(sender.hostname))
+
+
+@signals.worker_shutdown.connect
+def _stop_worker_heartbeat(**_: Any) -> None:
+    heartbeat.stop()
+
+
+@signals.beat_init.connect
+def _start_beat_heartbeat(**_: Any) -> None:
+    # Beat has no shutdown signal: `heartbeat.start` records the clean exit at interpreter exit.
+    settings = Runtime.configured_settings() or Settings.from_env()
+    heartbeat.start(settings, "beat", f"beat@{socket.gethostname()}")

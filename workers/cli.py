@@ -30,6 +30,7 @@ from outbox import schema
 from outbox.db import make_engine
 from outbox.enqueue import enqueue_fax
 from outbox.errors import ConfigurationError, FaxOutboxError, IdempotencyConflict, ValidationFailed
+from outbox.liveness import Heartbeat, heartbeats
 from outbox.models import FaxStatus
 from outbox.repository import Pause, count_by_status, open_pauses, recent_alerts
 from outbox.settings import Settings
@@ -202,6 +203,7 @@ def status() -> None:
             counts = count_by_status(conn)
             pauses = open_pauses(conn)
             alerts = recent_alerts(conn, 5)
+            processes = heartbeats(conn)
     finally:
         engine.dispose()
     table = Table(title="fax_outbox")
@@ -212,6 +214,7 @@ def status() -> None:
     table.add_row("[bold]total[/bold]", f"[bold]{sum(counts.values())}[/bold]")
     out.print(table)
     _print_fleet_state(settings, pauses, alerts)
+    print_processes(settings, processes)
 
 
 def _print_fleet_state(
@@ -259,6 +262,60 @@ def _print_fleet_state(
             markup=False,
             highlight=False,
         )
+
+
+def print_processes(settings: Settings, processes: list[Heartbeat]) -> None:
+    """The fleet's processes from their heartbeats (`faxout status`): role, name, host, pid
+    and age on the database's clock, and a warning for a watched role with no live process."""
+    from outbox.liveness import WATCHED_ROLES, describe
+
+    alive_within = _alive_window(settings)
+    for line in describe(processes, alive_within=alive_within):
+        out.print(f"process {line}", markup=False, highlight=False)
+    for role in WATCHED_ROLES:
+        if not any(
+            p.role == role and not p.stopped and p.age_seconds <= alive_within for p in processes
+        ):
+            out.print(f"[red]no {role} alive[/red] (heartbeats younger than {alive_within:g}s)")
+
+
+def _alive_window(settings: Settings) -> float:
+    # Three heartbeat periods: one late beat (a GC pause, a slow database) is not a death.
+    return 3 * settings.heartbeat_seconds
+
+
+@app.command()
+def alive(
+    role: Annotated[str, typer.Argument(help="relay, beat, worker or webhooks.")],
+    max_age: Annotated[
+        float | None,
+        typer.Option(
+            "--max-age", help="Seconds (default: 3 x FAXOUT_HEARTBEAT_SECONDS).", min=0.1
+        ),
+    ] = None,
+    anywhere: Annotated[
+        bool, typer.Option("--anywhere", help="A process on any host, not only this one.")
+    ] = False,
+) -> None:
+    """Exit 0 if a process of ROLE on this host has a heartbeat younger than --max-age, else 1
+    (for health checks: `faxout alive relay`)."""
+    from outbox.liveness import ROLES, alive_roles, process_identity
+
+    if role not in ROLES:
+        _fail([f"ROLE must be one of {', '.join(ROLES)}, got {role!r}"])
+    settings = load_settings()
+    engine = _engine(settings)
+    within = max_age if max_age is not None else _alive_window(settings)
+    hostname = None if anywhere else process_identity()[0]
+    try:
+        with _database_errors(), engine.connect() as conn:
+            found = role in alive_roles(conn, within_seconds=within, hostname=hostname)
+    finally:
+        engine.dispose()
+    where = "anywhere" if hostname is None else f"on {hostname}"
+    if not found:
+        _fail([f"no {role} alive {where} (no heartbeat in the last {within:g}s)"], code=1)
+    typer.echo(f"{role} alive {where}")
 
 
 @app.command()
@@ -346,6 +403,12 @@ def _require(*checks: Callable[[], object]) -> None:
         _fail(problems)
 
 
+def _hostname() -> str:
+    import socket
+
+    return socket.gethostname()
+
+
 def _operator() -> str:
     import getpass
     import socket
@@ -401,6 +464,7 @@ def webhooks_serve(
                 "(`faxout webhooks register` prints the secret to put there)"
             ]
         )
+    from workers.heartbeat import HeartbeatThread
     from workers.runtime import Runtime
     from workers.webhooks import create_receiver, serve
 
@@ -408,9 +472,11 @@ def webhooks_serve(
     runtime = Runtime(settings)
     secrets = settings.mintfax_webhook_secrets
     receiver = create_receiver(runtime.reconciler.handle_event, lambda: secrets)
+    heart = HeartbeatThread(settings, "webhooks", f"webhooks@{_hostname()}:{port}").start()
     try:
         started = serve(receiver, host, port)  # until SIGTERM/Ctrl-C, then exit 0
     finally:
+        heart.stop()
         runtime.dispose()
     if not started:
         raise typer.Exit(1)

@@ -17,9 +17,11 @@ from types import FrameType
 import psycopg
 
 from outbox.dispatch import Dispatcher
+from outbox.liveness import process_identity
 from outbox.models import NOTIFY_CHANNEL
 from outbox.settings import Settings, libpq_url
 from workers.app import QUEUE, SUBMIT_TASK, app, configure
+from workers.heartbeat import HeartbeatThread
 from workers.runtime import Runtime
 
 log = logging.getLogger("faxout.relay")
@@ -39,6 +41,10 @@ def run_relay(settings: Settings, stop: threading.Event, *, poll_interval: float
     dispatcher = runtime.dispatcher(publish, QUEUE)
     url = libpq_url(settings.require_database_url())
     backoff = 0.5
+    # On a thread of its own, so it beats on time however long the loop waits for
+    # notifications; it also checks that the fleet has a beat.
+    hostname, pid = process_identity()
+    heart = HeartbeatThread(settings, "relay", f"relay@{hostname}:{pid}").start()
     try:
         while not stop.is_set():
             try:
@@ -58,6 +64,7 @@ def run_relay(settings: Settings, stop: threading.Event, *, poll_interval: float
                 stop.wait(backoff)
                 backoff = min(backoff * 2, 10.0)
     finally:
+        heart.stop()
         runtime.dispose()
 
 

@@ -1,0 +1,147 @@
+"""The heartbeat thread of a long-running process (relay, beat, worker node, webhook receiver).
+
+Every `FAXOUT_HEARTBEAT_SECONDS` it publishes the process's heartbeat (`outbox.liveness.Heart`)
+and, in the relay, beat and workers, checks that the fleet has a relay and a beat
+(`outbox.liveness.LivenessWatch`). It has its own small engine, handed to no one else: in a
+Celery worker it lives in the parent process, whose pool children are forked (and re-forked)
+after it started, so the engine forgets its connections in each child rather than share them.
+A database that cannot be reached is one warning per outage, not a traceback per beat.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import threading
+from datetime import datetime
+
+import sqlalchemy.exc
+from sqlalchemy import Engine
+
+from outbox import repository
+from outbox.alerts import Alerter
+from outbox.clock import DatabaseClock
+from outbox.db import make_engine
+from outbox.liveness import Heart, LivenessWatch
+from outbox.settings import Settings
+
+log = logging.getLogger("faxout.liveness")
+
+# The roles whose processes also check the others (a webhook receiver may run on its own, in
+# someone else's ASGI app: it only reports).
+CHECKING_ROLES = frozenset({"relay", "beat", "worker"})
+
+
+class HeartbeatThread:
+    """Publishes one process's heartbeat (and checks the fleet) on a daemon thread."""
+
+    def __init__(self, settings: Settings, role: str, process: str) -> None:
+        self._settings = settings
+        self.engine = _heartbeat_engine(settings)
+        clock = DatabaseClock(self._read_now)
+        self.heart = Heart(self.engine, role, process, clock)
+        self.watch = (
+            LivenessWatch(
+                self.engine,
+                Alerter(clock, settings.alert_webhook_url),
+                clock,
+                checker=self.heart.instance,
+                alert_after=settings.liveness_alert_seconds,
+            )
+            if role in CHECKING_ROLES
+            else None
+        )
+        self._stop = threading.Event()
+        self._thread = threading.Thread(
+            target=self._run, name=f"faxout-heartbeat-{role}", daemon=True
+        )
+        self._unreachable = False
+
+    def _read_now(self) -> datetime:
+        with self.engine.connect() as conn:
+            return repository.database_now(conn)
+
+    def start(self) -> HeartbeatThread:
+        """Start beating (the first heartbeat is published before this returns, if it can)."""
+        self._tick()
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop beating and record a clean shutdown (idempotent)."""
+        if self._stop.is_set():
+            return
+        self._stop.set()
+        if self._thread.is_alive() and self._thread is not threading.current_thread():
+            self._thread.join(timeout=10)
+        try:
+            self.heart.stop()
+        except sqlalchemy.exc.SQLAlchemyError as exc:
+            log.warning("liveness: could not record the shutdown of %s (%s)", self.heart, exc)
+        finally:
+            self.engine.dispose()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._settings.heartbeat_seconds):
+            self._tick()
+
+    def _tick(self) -> None:
+        try:
+            self.heart.beat()
+            if self.watch is not None:
+                self.watch.run_once()
+        except sqlalchemy.exc.SQLAlchemyError as exc:
+            # One warning per outage: the next successful beat says it is over.
+            if not self._unreachable:
+                self._unreachable = True
+                reason = exc.orig if isinstance(exc, sqlalchemy.exc.DBAPIError) else exc
+                log.warning(
+                    "liveness: cannot publish the %s heartbeat (%s); retrying every %gs",
+                    self.heart.role,
+                    " ".join(str(reason).split())[:200],
+                    self._settings.heartbeat_seconds,
+                )
+            return
+        except Exception:
+            # A bug must not kill the heartbeat: a silent process would be taken for dead.
+            log.exception("liveness: heartbeat of %s failed", self.heart)
+            return
+        if self._unreachable:
+            self._unreachable = False
+            log.warning("liveness: %s heartbeat published again", self.heart.role)
+
+
+def _heartbeat_engine(settings: Settings) -> Engine:
+    engine = make_engine(
+        settings.require_database_url(),
+        pool_size=1,
+        max_overflow=1,
+        connect_args={"connect_timeout": 5},
+    )
+    # A forked child (a Celery pool process) must not use, nor close, the parent's connection.
+    os.register_at_fork(after_in_child=lambda: engine.dispose(close=False))
+    return engine
+
+
+_current: HeartbeatThread | None = None
+_current_lock = threading.Lock()
+
+
+def start(settings: Settings, role: str, process: str) -> HeartbeatThread:
+    """Start this process's heartbeat (once; a second call returns the running one)."""
+    global _current
+    with _current_lock:
+        if _current is None:
+            _current = HeartbeatThread(settings, role, process).start()
+            atexit.register(stop)
+        return _current
+
+
+def stop() -> None:
+    """Stop this process's heartbeat, recording a clean shutdown."""
+    global _current
+    with _current_lock:
+        current, _current = _current, None
+    if current is not None:
+        current.stop()
