@@ -23,6 +23,11 @@ FAX_EVENTS = frozenset(
 )  # fmt: skip
 
 
+# mintfax's go-live checklist: without these the outbox never learns final states or balance
+# (`faxout webhooks register` insists on them, `faxout preflight` checks them).
+REQUIRED_WEBHOOK_EVENTS = ("fax.delivered", "fax.failed", "balance.low")
+
+
 @dataclass(frozen=True, slots=True)
 class FaxEvent:
     """One webhook event, verified and parsed; `payload` is the whole envelope as received."""

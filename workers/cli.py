@@ -30,6 +30,7 @@ from outbox import schema
 from outbox.db import make_engine
 from outbox.enqueue import enqueue_fax
 from outbox.errors import ConfigurationError, FaxOutboxError, IdempotencyConflict, ValidationFailed
+from outbox.events import REQUIRED_WEBHOOK_EVENTS
 from outbox.liveness import Heartbeat, heartbeats
 from outbox.models import FaxStatus
 from outbox.repository import Pause, count_by_status, open_pauses, recent_alerts
@@ -443,9 +444,6 @@ webhooks_app = typer.Typer(
     no_args_is_help=True,
 )
 app.add_typer(webhooks_app, name="webhooks")
-
-# mintfax's go-live checklist: without these the outbox never learns final states or balance.
-REQUIRED_WEBHOOK_EVENTS = ("fax.delivered", "fax.failed", "balance.low")
 
 
 @webhooks_app.command("serve")
