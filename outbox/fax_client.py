@@ -143,7 +143,10 @@ class MintfaxClient:
     picked up without a restart. `transport` is for tests (`httpx.MockTransport`); `clock` and
     `retry_policy` only shape how a 429's `Retry-After` is read.
 
-    After each response, `last_rate_limit` holds mintfax's rate-limit headers, for status.
+    After each response, `last_rate_limit` holds mintfax's rate-limit headers, for status, and
+    `on_rate_limit` (if given) is called with them: the fleet follows mintfax's own limit
+    through it (`outbox.provider_limit`). It runs before the answer is returned or raised;
+    whatever it raises is logged by type and swallowed, as an answer must never be lost to it.
     """
 
     def __init__(
@@ -156,6 +159,7 @@ class MintfaxClient:
         user_agent: str = "fax-outbox/0.1",
         clock: Clock | None = None,
         retry_policy: RetryPolicy | None = None,
+        on_rate_limit: Callable[[RateLimitInfo], None] | None = None,
     ) -> None:
         url = httpx.URL(base_url)
         if url.scheme not in ("http", "https") or not url.host:
@@ -169,6 +173,7 @@ class MintfaxClient:
         self._clock: Clock = clock or SystemClock()
         self._policy = retry_policy or RetryPolicy()
         self.last_rate_limit: RateLimitInfo | None = None
+        self._on_rate_limit = on_rate_limit
         self._http = httpx.Client(
             base_url=self._base_url + "/",
             auth=_BearerAuth(self._checked_key),
@@ -531,12 +536,18 @@ class MintfaxClient:
         names = ("x-ratelimit-limit", "x-ratelimit-remaining", "x-ratelimit-reset")
         if not any(name in headers for name in names):
             return
-        self.last_rate_limit = RateLimitInfo(
+        info = RateLimitInfo(
             limit=_int_header(headers, "x-ratelimit-limit"),
             remaining=_int_header(headers, "x-ratelimit-remaining"),
             reset_seconds=_float_header(headers, "x-ratelimit-reset"),
             observed_at=self._clock.now(),
         )
+        self.last_rate_limit = info
+        if self._on_rate_limit is not None:
+            try:
+                self._on_rate_limit(info)
+            except Exception as exc:  # the answer (a 201 above all) matters more than the hook
+                logger.warning("rate-limit hook failed: %s", type(exc).__name__)
 
 
 _NOT_JSON = object()

@@ -828,6 +828,60 @@ def recent_alerts(conn: Connection, limit: int = 20) -> list[Mapping[str, Any]]:
     return [dict(row._mapping) for row in result]
 
 
+# --- mintfax's own rate limit (outbox/provider_limit.py) -------------------------------------------
+# An episode is its alert (kind `provider_rate_limit`): `detail.current_limit` is the figure the
+# fleet follows, `detail.ended_at` is set once mintfax's figure is back at or above ours.
+
+_PROVIDER_LIMIT_KIND = "provider_rate_limit"
+
+
+def open_provider_limit(conn: Connection, *, lock: bool = False) -> tuple[int, int] | None:
+    """The open episode as (alert id, mintfax's current figure), or None. With `lock`, first
+    serialise every change of the episode until the transaction ends (one per fleet)."""
+    if lock:
+        conn.execute(text("SELECT pg_advisory_xact_lock(hashtext('faxout.provider_limit'))"))
+    row = conn.execute(
+        text(
+            "SELECT id, (detail->>'current_limit')::int FROM alerts "
+            "WHERE kind = :kind AND detail->>'ended_at' IS NULL ORDER BY id DESC LIMIT 1"
+        ),
+        {"kind": _PROVIDER_LIMIT_KIND},
+    ).one_or_none()
+    return None if row is None else (row[0], row[1])
+
+
+def provider_limit_episodes(conn: Connection) -> int:
+    """How many episodes there have been (the next one's number is this plus one)."""
+    return int(
+        conn.execute(
+            text("SELECT count(*) FROM alerts WHERE kind = :kind"), {"kind": _PROVIDER_LIMIT_KIND}
+        ).scalar_one()
+    )
+
+
+def set_provider_limit(conn: Connection, alert_id: int, limit: int) -> None:
+    """Record mintfax's new figure in the open episode."""
+    conn.execute(
+        text(
+            "UPDATE alerts SET detail = detail || jsonb_build_object('current_limit', :limit) "
+            "WHERE id = :id"
+        ),
+        {"id": alert_id, "limit": limit},
+    )
+
+
+def end_provider_limit(conn: Connection, *, now: datetime) -> bool:
+    """End the open episode, if any; whether one was open."""
+    result = conn.execute(
+        text(
+            "UPDATE alerts SET detail = detail || jsonb_build_object('ended_at', "
+            "CAST(:now AS timestamptz)) WHERE kind = :kind AND detail->>'ended_at' IS NULL"
+        ),
+        {"kind": _PROVIDER_LIMIT_KIND, "now": now},
+    )
+    return bool(result.rowcount)
+
+
 # --- the rejection breaker ---------------------------------------------------------------------
 
 # Attempts on which mintfax decided about the fax itself: accepted it, or refused it.

@@ -35,6 +35,15 @@ Gate: with `gate_key` set (the fleet pause mirror, outbox/pause.py), `acquire()`
 "paused" while that key exists, in the same atomic step, so a worker learns "paused" and "your
 turn" in one round trip. The gate key shares the throttle's hash tag (one Redis Cluster slot).
 
+Provider's limit: mintfax says its own limit on every answer (`X-RateLimit-Limit`). When that
+is below the configured limit, `follow_provider_limit` stores it next to the bucket and the
+script paces every grant of the fleet by it (the interval is computed in the script, by the same
+rule as `emission_interval_us`), so a fleet configured above its key's limit does not collect
+429s. When a lower figure is learned, the latest grant (the request whose answer taught it) is
+re-spaced at the new pace, as if it had been granted under it. The script answers the stored
+figure with every decision, so a worker notices a change of mintfax's figure with no extra round
+trip (outbox/provider_limit.py).
+
 Redis state is disposable (invariant 1): both keys expire shortly after they stop mattering, and
 a flushed Redis simply starts from an idle bucket (at most one extra burst) with no cooldown.
 The script is loaded with `register_script`, so after `SCRIPT FLUSH` or a Redis restart the next
@@ -44,6 +53,7 @@ call reloads it transparently. A Redis that cannot be reached raises `FleetState
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -62,12 +72,15 @@ DEFAULT_SLACK_SECONDS = 0.05
 MAX_COOLDOWN_SECONDS = 86_400.0
 _US = 1_000_000
 
-# KEYS[1] tat (µs), KEYS[2] cooldown end (µs), KEYS[3] (optional) the pause gate.
-# ARGV[1] op: "acquire" | "cooldown" | "peek"; ARGV[2] T (µs); ARGV[3] burst tolerance (µs);
-# ARGV[4] cooldown length (µs); ARGV[5] now (µs) from a test clock, "" for Redis TIME.
-# Returns {outcome, cooldown_left, wait, now, tat}, all integers (µs);
-# outcome 0 = granted, 1 = cooldown, 2 = throttled, 3 = nothing taken (peek / cooldown),
-# 4 = paused (the gate key exists; nothing taken).
+# KEYS[1] tat (µs), KEYS[2] cooldown end (µs), KEYS[3] mintfax's own limit (requests/min, when
+# below ours), KEYS[4] (optional) the pause gate.
+# ARGV[1] op: "acquire" | "cooldown" | "peek" | "limit" | "restore"; ARGV[2] T (µs);
+# ARGV[3] burst tolerance (µs); ARGV[4] cooldown length (µs); ARGV[5] now (µs) from a test
+# clock, "" for Redis TIME; ARGV[6] the stretched window (µs); ARGV[7] burst; ARGV[8] slack (µs);
+# ARGV[9] the configured limit; ARGV[10] mintfax's limit for "limit"/"restore" (0 = none).
+# Returns {outcome, cooldown_left, wait, now, tat, provider_limit}, all integers (µs; the last
+# one requests/min, 0 when none is stored); outcome 0 = granted, 1 = cooldown, 2 = throttled,
+# 3 = nothing taken (peek / cooldown / limit / restore), 4 = paused (the gate key exists).
 _SCRIPT = """
 pcall(redis.replicate_commands)
 local now
@@ -79,6 +92,43 @@ else
 end
 local interval = tonumber(ARGV[2])
 local tolerance = tonumber(ARGV[3])
+local configured = tonumber(ARGV[9])
+
+-- The pace for a limit below ours: the rule of emission_interval_us, in whole microseconds.
+local function pace(limit)
+  local burst = math.min(tonumber(ARGV[7]), limit)
+  local t = math.floor(tonumber(ARGV[6]) / (limit - burst + 1)) + 1
+  return t, (burst - 1) * t + tonumber(ARGV[8])
+end
+
+local provider = tonumber(redis.call('GET', KEYS[3]) or '0')
+if provider > 0 and provider < configured then
+  interval, tolerance = pace(provider)
+end
+if ARGV[1] == 'limit' or ARGV[1] == 'restore' then
+  local wanted = tonumber(ARGV[10])
+  if wanted <= 0 or wanted >= configured then
+    if ARGV[1] == 'limit' then
+      redis.call('DEL', KEYS[3])
+      provider = 0
+      interval = tonumber(ARGV[2])
+      tolerance = tonumber(ARGV[3])
+    end
+  elseif ARGV[1] == 'limit' or provider == 0 then
+    redis.call('SET', KEYS[3], wanted)
+    provider = wanted
+    local slower, slower_tolerance = pace(wanted)
+    local stored = tonumber(redis.call('GET', KEYS[1]) or '0')
+    if ARGV[1] == 'limit' and slower > interval and stored + slower - interval > now then
+      -- The latest grant (the one whose answer taught the figure) is re-spaced at the new
+      -- pace, so no window holds it plus a full window's worth of new grants.
+      stored = stored + slower - interval
+      redis.call('SET', KEYS[1], string.format('%.0f', stored),
+                 'PX', math.ceil((stored - now) / 1000) + 1000)
+    end
+    interval, tolerance = slower, slower_tolerance
+  end
+end
 
 local cooldown_end = tonumber(redis.call('GET', KEYS[2]) or '0')
 if ARGV[1] == 'cooldown' then
@@ -95,20 +145,20 @@ local tat = math.max(tonumber(redis.call('GET', KEYS[1]) or '0'), now)
 local wait = math.max(tat - tolerance - now, 0)
 
 if ARGV[1] ~= 'acquire' then
-  return {3, cooldown_left, wait, now, tat}
+  return {3, cooldown_left, wait, now, tat, provider}
 end
-if KEYS[3] and redis.call('EXISTS', KEYS[3]) == 1 then
-  return {4, cooldown_left, wait, now, tat}
+if KEYS[4] and redis.call('EXISTS', KEYS[4]) == 1 then
+  return {4, cooldown_left, wait, now, tat, provider}
 end
 if cooldown_left > 0 then
-  return {1, cooldown_left, wait, now, tat}
+  return {1, cooldown_left, wait, now, tat, provider}
 end
 if wait > 0 then
-  return {2, cooldown_left, wait, now, tat}
+  return {2, cooldown_left, wait, now, tat, provider}
 end
 tat = tat + interval
 redis.call('SET', KEYS[1], string.format('%.0f', tat), 'PX', math.ceil((tat - now) / 1000) + 1000)
-return {0, 0, 0, now, tat}
+return {0, 0, 0, now, tat, provider}
 """
 
 _OUTCOMES: dict[int, Literal["granted", "cooldown", "throttled", "paused"]] = {
@@ -138,11 +188,13 @@ def emission_interval_us(
     for name, value in (("margin_seconds", margin_seconds), ("slack_seconds", slack_seconds)):
         if not (math.isfinite(value) and value >= 0):
             raise ValueError(f"{name} must be >= 0, got {value}")
-    stretched_window_us = round((WINDOW_SECONDS + margin_seconds) * _US) + round(
-        slack_seconds * _US
-    )
     # Strictly greater than window / (limit - burst + 1): floor() must stay below that count.
-    return stretched_window_us // (limit_per_minute - burst + 1) + 1
+    # (The script paces a provider's lower limit by this same rule, in Lua.)
+    return _stretched_window_us(margin_seconds, slack_seconds) // (limit_per_minute - burst + 1) + 1
+
+
+def _stretched_window_us(margin_seconds: float, slack_seconds: float) -> int:
+    return round((WINDOW_SECONDS + margin_seconds) * _US) + round(slack_seconds * _US)
 
 
 @dataclass(frozen=True, slots=True)
@@ -181,13 +233,23 @@ class FleetThrottle:
             limit_per_minute, burst, margin_seconds, slack_seconds
         )
         self._tolerance_us = (burst - 1) * self._interval_us + round(slack_seconds * _US)
+        # What the script needs to pace mintfax's own lower limit the same way.
+        self._pace_args = [
+            _stretched_window_us(margin_seconds, slack_seconds),
+            burst,
+            round(slack_seconds * _US),
+            limit_per_minute,
+        ]
         self._limit = limit_per_minute
+        # mintfax's limit as the script last answered it (0: none stored); see `provider_limit`.
+        # A holder, so that `without_gate()` copies share what either of them last saw.
+        self._seen = [0]
         self._burst = burst
         self._key_prefix = key_prefix
         # One hash tag, so both keys live in the same slot on a Redis Cluster.
         tag = self.hash_tag(key_prefix)
-        self._keys = [f"{tag}:tat", f"{tag}:cooldown"]
-        # The pause gate rides along as KEYS[3] only in acquire (see the module docstring).
+        self._keys = [f"{tag}:tat", f"{tag}:cooldown", f"{tag}:provider_limit"]
+        # The pause gate rides along as KEYS[4] only in acquire (see the module docstring).
         self._acquire_keys = [*self._keys, gate_key] if gate_key else self._keys
         self._time_source = time_source
         self._script = redis.register_script(_SCRIPT)
@@ -216,6 +278,13 @@ class FleetThrottle:
         """Seconds between two grants at the sustained rate."""
         return self._interval_us / _US
 
+    def without_gate(self) -> FleetThrottle:
+        """The same throttle (same keys, limit and what it last saw) that ignores the pause
+        gate: for reads that share the rate limit and still run while sends are paused."""
+        twin = copy.copy(self)
+        twin._acquire_keys = self._keys
+        return twin
+
     @staticmethod
     def hash_tag(key_prefix: str = DEFAULT_KEY_PREFIX) -> str:
         """The Redis Cluster hash tag of a throttle's keys; a gate key must carry it too."""
@@ -223,8 +292,41 @@ class FleetThrottle:
 
     @property
     def keys(self) -> tuple[str, str]:
-        """The Redis keys this throttle uses (token state, cooldown end)."""
+        """The Redis keys of the bucket (token state, cooldown end)."""
         return self._keys[0], self._keys[1]
+
+    @property
+    def provider_limit_key(self) -> str:
+        """The Redis key of mintfax's own limit, present only while it is below ours."""
+        return self._keys[2]
+
+    @property
+    def provider_limit(self) -> int | None:
+        """mintfax's limit stored for the fleet as of this throttle's latest call, or None.
+
+        Read from the script's answers (no round trip of its own), so it may lag another
+        worker's change by one call; `outbox.provider_limit` only compares it to what mintfax
+        said to decide whether the stored figure must change.
+        """
+        return self._seen[0] or None
+
+    def effective_limit(self, provider_limit: int | None) -> int:
+        """The requests per minute the fleet is paced at with `provider_limit` stored."""
+        if provider_limit is None or provider_limit < 1:
+            return self._limit
+        return min(self._limit, provider_limit)
+
+    def follow_provider_limit(self, limit: int | None) -> int | None:
+        """Pace the whole fleet by mintfax's `limit` when below ours; None (or a figure at or
+        above ours) goes back to the configured limit. Returns the figure now stored."""
+        self._run("limit", provider_limit=limit or 0)
+        return self.provider_limit
+
+    def restore_provider_limit(self, limit: int) -> int | None:
+        """Store mintfax's `limit` only if no figure is stored (a Redis flushed while the
+        truth in Postgres says mintfax's limit is lower); returns the figure now stored."""
+        self._run("restore", provider_limit=limit)
+        return self.provider_limit
 
     def acquire(self) -> float:
         """Take a token for one mintfax request: 0.0 if taken, else seconds to wait (> 0).
@@ -282,28 +384,53 @@ class FleetThrottle:
         is free) and `cooldown_remaining` (s).
         """
         _, cooldown_left, wait, now, tat = self._run("peek")
+        limit = self.effective_limit(self.provider_limit)
+        burst = min(self._burst, limit)
+        interval_us, tolerance_us = self._pace_us(limit)
         # tat - tolerance is when the first token frees; each interval earlier is one more.
-        free = (now + self._tolerance_us - tat) // self._interval_us + 1
-        tokens = max(0, min(self._burst, free))
+        free = (now + tolerance_us - tat) // interval_us + 1
+        tokens = max(0, min(burst, free))
         return {
             "limit_per_minute": float(self._limit),
+            "provider_limit": float(self.provider_limit or 0),
+            "effective_limit_per_minute": float(limit),
             "burst": float(self._burst),
-            "emission_interval": self.emission_interval,
+            "emission_interval": interval_us / _US,
             "tokens": float(tokens),
             "next_free_in": wait / _US,
             "cooldown_remaining": cooldown_left / _US,
         }
 
-    def _run(self, op: str, cooldown_us: int = 0) -> tuple[int, int, int, int, int]:
+    def _pace_us(self, limit: int) -> tuple[int, int]:
+        """(interval, tolerance) in µs at `limit` per minute: the script's `pace`."""
+        if limit >= self._limit:
+            return self._interval_us, self._tolerance_us
+        window_us, burst, slack_us, _ = self._pace_args
+        burst = min(burst, limit)
+        interval_us = window_us // (limit - burst + 1) + 1
+        return interval_us, (burst - 1) * interval_us + slack_us
+
+    def _run(
+        self, op: str, cooldown_us: int = 0, provider_limit: int = 0
+    ) -> tuple[int, int, int, int, int]:
         now = "" if self._time_source is None else str(round(self._time_source() * _US))
         try:
             reply = self._script(
                 keys=self._acquire_keys if op == "acquire" else self._keys,
-                args=[op, self._interval_us, self._tolerance_us, cooldown_us, now],
+                args=[
+                    op,
+                    self._interval_us,
+                    self._tolerance_us,
+                    cooldown_us,
+                    now,
+                    *self._pace_args,
+                    provider_limit,
+                ],
             )
         except redis.RedisError as exc:
             raise fleet_state_unavailable("throttle", exc) from exc
-        outcome, cooldown_left, wait, at, tat = (int(v) for v in reply)
+        outcome, cooldown_left, wait, at, tat, provider = (int(v) for v in reply)
+        self._seen[0] = provider
         return outcome, cooldown_left, wait, at, tat
 
 

@@ -31,6 +31,7 @@ from outbox.dispatch import Dispatcher, ids_per_message_for
 from outbox.fax_client import MintfaxClient
 from outbox.pause import FleetControl, PauseMirror
 from outbox.poller import StatusPoller, poll_throttle
+from outbox.provider_limit import ProviderLimit
 from outbox.reconcile import Reconciler
 from outbox.rescuer import LeaseRescuer
 from outbox.resolver import UnknownOutcomeResolver
@@ -125,7 +126,13 @@ class Runtime:
             self.settings.mintfax_base_url,
             self.settings.api_key,
             timeout=self.settings.http_timeout_seconds,
+            # Every answer's X-RateLimit-Limit: the fleet follows mintfax's figure when lower.
+            on_rate_limit=self.provider_limit.observe,
         )
+
+    @cached_property
+    def provider_limit(self) -> ProviderLimit:
+        return ProviderLimit(self.engine, self.throttle, self.alerter, self.clock)
 
     @cached_property
     def throttle(self) -> FleetThrottle:
@@ -197,8 +204,9 @@ class Runtime:
     @cached_property
     def read_throttle(self) -> FleetThrottle:
         # The fleet throttle (same keys, same limit) without the pause gate: polls and balance
-        # reads share the rate limit with sends, and still run while sends are paused.
-        return FleetThrottle(self.redis, self.settings.rate_limit_per_minute)
+        # reads share the rate limit with sends, and still run while sends are paused. A twin
+        # of `throttle`, so both know the same mintfax limit (outbox/provider_limit.py).
+        return self.throttle.without_gate()
 
     @cached_property
     def poller(self) -> StatusPoller:

@@ -38,8 +38,11 @@ def rescue_expired_leases() -> int:
 
 @app.task(name=SYNC_PAUSE_MIRROR_TASK, ignore_result=True)
 def sync_pause_mirror() -> int:
-    """Copy open fleet pauses from Postgres to Redis (heals a flushed Redis)."""
-    return len(Runtime.get().fleet.sync_mirror())
+    """Copy open fleet pauses (and mintfax's lower rate limit) from Postgres to Redis (heals a
+    flushed Redis)."""
+    runtime = Runtime.get()
+    runtime.provider_limit.heal()
+    return len(runtime.fleet.sync_mirror())
 
 
 @app.task(name=DELIVER_ALERTS_TASK, ignore_result=True)

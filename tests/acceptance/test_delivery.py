@@ -140,13 +140,17 @@ def test_racing_relays_and_workers_claim_each_row_once(fleet: Fleet) -> None:
 
 
 def test_429_cools_down_every_worker(fleet: Fleet) -> None:
-    """The sandbox allows 10 per sliding window (10 s here, to keep the test short); the
-    fleet's own throttle is set far above that, so the sandbox's 429 is what stops it."""
-    fleet.start_sandbox("--rate-limit-per-minute", "10", "--rate-limit-window-seconds", "10")
+    """mintfax lowers its limit while its window (10 s here, to keep the test short) is full
+    of our requests: from 1000 to 10. No header could have warned the fleet, so the sandbox's
+    429 is what stops it (afterwards the fleet follows the new figure, test_provider_limit)."""
+    fleet.start_sandbox("--rate-limit-per-minute", "1000", "--rate-limit-window-seconds", "10")
     fleet.start(workers=2, concurrency=2)
     fleet.enqueue(14)
+    fleet.wait_until(lambda: fleet.unfinished() == 0, 30, "the first 14")
+    fleet.sandbox("config", rate_limit_per_minute=10)
+    fleet.enqueue(4, prefix="late")
     fleet.wait_until(lambda: fleet.unfinished() == 0, 60, "the rest after the cooldown")
-    fleet.assert_exactly_once(14)
+    fleet.assert_exactly_once(18)
     refused = fleet.sandbox("stats")["requests_by_status"].get("429", 0)
     assert 1 <= refused <= 4  # the first 429 stops the fleet; no storm of retries
     accepted = sorted(a["monotonic"] for a in _arrivals(fleet) if a["status"] == "201")

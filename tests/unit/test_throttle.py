@@ -257,6 +257,8 @@ def test_snapshot_reads_without_taking(client: fakeredis.FakeRedis) -> None:
     interval = throttle.emission_interval
     assert throttle.snapshot() == {
         "limit_per_minute": 120.0,
+        "provider_limit": 0.0,
+        "effective_limit_per_minute": 120.0,
         "burst": 3.0,
         "emission_interval": interval,
         "tokens": 3.0,
