@@ -23,6 +23,7 @@ from mintfax_sandbox.clock import iso
 from mintfax_sandbox.errors import (
     ApiError,
     error_response,
+    not_final,
     not_found,
     refusal,
     server_error,
@@ -32,7 +33,7 @@ from mintfax_sandbox.faults import Fault, FaultConfig, FaultSpecError
 from mintfax_sandbox.gate import ApiGate, DropConnection, request_context
 from mintfax_sandbox.idempotency import KeyConflict
 from mintfax_sandbox.ledger import InsufficientBalance
-from mintfax_sandbox.state import Sandbox, SandboxConfig
+from mintfax_sandbox.state import FaxNotFinal, Sandbox, SandboxConfig
 
 PAGE_SIZE = 20
 
@@ -79,6 +80,17 @@ def api_routes(sandbox: Sandbox) -> list[Route]:
             raise not_found("fax", "check_fax_id")
         return json_response(fax.as_api())
 
+    async def delete_fax(request: Request) -> Response:
+        # mintfax documents the endpoint but not its answer: the remains of the fax, as a
+        # GET shows them after the deletion.
+        try:
+            fax = sandbox.delete_fax_data(request.path_params["fax_id"])
+        except FaxNotFinal as exc:
+            raise not_final(exc.status) from None
+        if fax is None:
+            raise not_found("fax", "check_fax_id")
+        return json_response(fax.as_api())
+
     async def list_faxes(request: Request) -> Response:
         query = request.query_params
         page = forms.page_number(query.get("page", "1"))
@@ -114,6 +126,7 @@ def api_routes(sandbox: Sandbox) -> list[Route]:
         Route("/v1/fax", create_fax, methods=["POST"]),
         Route("/v1/fax", list_faxes, methods=["GET"]),
         Route("/v1/fax/{fax_id}", get_fax, methods=["GET"]),
+        Route("/v1/fax/{fax_id}", delete_fax, methods=["DELETE"]),
         Route("/v1/account/balance", balance, methods=["GET"]),
         Route("/v1/account/webhooks", create_webhook, methods=["POST"]),
         Route("/v1/account/webhooks", list_webhooks, methods=["GET"]),

@@ -103,6 +103,17 @@ def not_found(what: str, action: str) -> ApiError:
     return ApiError(404, "not_found", f"No {what} with this id.", action)
 
 
+def not_final(status: str) -> ApiError:
+    """409 for deleting a fax that is not delivered or failed yet."""
+    return ApiError(
+        409,
+        "fax_not_final",
+        f"This fax is still {status}; only a delivered or failed fax can be deleted.",
+        "retry_when_final",
+        {"status": status},
+    )
+
+
 def refusal(exc: KeyConflict | InsufficientBalance) -> ApiError:
     """The answer to a submission the state refused."""
     if isinstance(exc, InsufficientBalance):

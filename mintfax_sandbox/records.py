@@ -71,6 +71,8 @@ class Fax:
     completed_at: datetime | None = None
     charged: int = 0
     attempts: list[dict[str, Any]] = field(default_factory=list)
+    # Set by `DELETE /v1/fax/{id}`: the document, image, recipient and details are gone.
+    deleted_at: datetime | None = None
 
     def receipt(self) -> dict[str, Any]:
         """The 201 body of the submission that created it (replays answer the same)."""
@@ -82,7 +84,16 @@ class Fax:
         }
 
     def as_api(self) -> dict[str, Any]:
-        """The generation-A fax resource."""
+        """The generation-A fax resource (after a deletion: only id, status and timestamps)."""
+        if self.deleted_at is not None:
+            return {
+                "id": self.id,
+                "status": self.status,
+                "created_at": iso(self.created_at),
+                "updated_at": iso(self.updated_at or self.created_at),
+                "completed_at": iso(self.completed_at),
+                "deleted_at": iso(self.deleted_at),
+            }
         return {
             "id": self.id,
             "status": self.status,
@@ -133,6 +144,7 @@ class Fax:
             "charged": self.charged,
             "created_at": iso(self.created_at),
             "completed_at": iso(self.completed_at),
+            "deleted": self.deleted_at is not None,
         }
 
 
@@ -175,6 +187,7 @@ class Stats:
     idempotent_replays: int = 0
     webhooks_delivered: int = 0
     webhooks_failed: int = 0
+    faxes_deleted: int = 0
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -187,4 +200,5 @@ class Stats:
             "idempotent_replays": self.idempotent_replays,
             "webhooks_delivered": self.webhooks_delivered,
             "webhooks_failed": self.webhooks_failed,
+            "faxes_deleted": self.faxes_deleted,
         }

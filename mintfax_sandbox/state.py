@@ -40,6 +40,15 @@ from mintfax_sandbox.webhooks import (
 )
 
 REQUEST_LOG_SIZE = 100_000
+FINAL_STATUSES = ("delivered", "failed")
+
+
+class FaxNotFinal(Exception):
+    """A deletion asked of a fax that is still in progress."""
+
+    def __init__(self, status: str) -> None:
+        super().__init__(status)
+        self.status = status
 
 
 @dataclass(frozen=True)
@@ -257,6 +266,22 @@ class Sandbox:
             ]
         newest_first = order[::-1][(page - 1) * per_page : page * per_page]
         return [self.faxes[i] for i in newest_first], len(order)
+
+    def delete_fax_data(self, fax_id: str) -> Fax | None:
+        """Delete a final fax's data early (`DELETE /v1/fax/{id}`); None for an unknown id.
+
+        Raises `FaxNotFinal` while the fax can still change (generation B allows deletion
+        only of terminal faxes). A second deletion answers like the first.
+        """
+        fax = self.faxes.get(fax_id)
+        if fax is None:
+            return None
+        if fax.status not in FINAL_STATUSES:
+            raise FaxNotFinal(fax.status)
+        if fax.deleted_at is None:
+            fax.deleted_at = self.clock.now()
+            self.stats.faxes_deleted += 1
+        return fax
 
     def inspect_faxes(self) -> list[dict[str, Any]]:
         """Every fax, oldest first, as `GET /sandbox/faxes` shows it."""
