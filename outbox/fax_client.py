@@ -290,6 +290,15 @@ class MintfaxClient:
             f"GET /fax listed more than {max_pages} pages of matches; the lookup is incomplete"
         )
 
+    def delete_fax(self, fax_id: str) -> None:
+        """Ask mintfax to delete its copy of a final fax early (`DELETE /fax/{id}`, retention).
+
+        Any 2xx is success, whatever its body (mintfax documents none). Raises as every call
+        does: a 404 or 410 (`RequestRejected`) means mintfax holds no copy; a 409 means the fax
+        is not final there yet (generation B allows deletion only then).
+        """
+        self._request("DELETE", f"fax/{_path_segment(fax_id)}")
+
     def get_balance(self) -> Balance:
         """The environment's prepaid balance (`GET /account/balance`), in cents."""
         response = self._request("GET", "account/balance")

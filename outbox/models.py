@@ -126,7 +126,8 @@ fax_outbox = Table(
     # Filled by the insert trigger when NULL (see outbox/keys.py for the canonical string).
     Column("idempotency_key", Text, nullable=False),
     Column("to_number", Text, nullable=False),
-    Column("document", LargeBinary, nullable=False),
+    # NULL only once retention removed the bytes of a final row (migration 0010).
+    Column("document", LargeBinary),
     Column("document_sha256", Text, nullable=False),
     Column("filename", Text, nullable=False),
     Column("reference", Text, nullable=False),
@@ -164,6 +165,11 @@ fax_outbox = Table(
     # Status polling of accepted rows without a final state: when next, and how many so far.
     Column("next_poll_at", DateTime(timezone=True)),
     Column("poll_attempts", Integer, nullable=False, server_default=text("0")),
+    # Retention (migration 0010, outbox/retention.py): when the row became final (a trigger
+    # sets it), when its document bytes were removed, when mintfax confirmed deleting its copy.
+    Column("final_at", DateTime(timezone=True)),
+    Column("document_purged_at", DateTime(timezone=True)),
+    Column("mintfax_deleted_at", DateTime(timezone=True)),
     # Set when a relay has published the row's id; cleared by the claim. A row that stays
     # dispatched past its next_attempt_at had its message lost and is published again.
     Column("dispatched_at", DateTime(timezone=True)),
@@ -173,6 +179,14 @@ fax_outbox = Table(
     UniqueConstraint("mintfax_fax_id"),
     CheckConstraint(r"to_number ~ '^\+[1-9][0-9]{1,14}$'", name="to_number_e164"),
     CheckConstraint("octet_length(document) BETWEEN 1 AND 10485760", name="document_size"),
+    # Bytes go only from a final row (which can never be sent again), and only with a date.
+    CheckConstraint(
+        "document IS NOT NULL OR status IN ('delivered', 'failed', 'rejected', 'cancelled')",
+        name="document_purged_only_when_final",
+    ),
+    CheckConstraint(
+        "(document IS NULL) = (document_purged_at IS NOT NULL)", name="document_purged_iff_null"
+    ),
     CheckConstraint("char_length(filename) BETWEEN 1 AND 255", name="filename_length"),
     CheckConstraint("char_length(reference) BETWEEN 1 AND 255", name="reference_length"),
     CheckConstraint(
@@ -216,6 +230,28 @@ Index(
     postgresql_where=text("status = 'submitted'"),
 )
 Index("fax_outbox_status_idx", fax_outbox.c.status)
+# Retention passes (migration 0010): final rows that still hold their bytes, oldest final
+# first; every final row by age (the row purge); rows whose copy at mintfax is to be deleted.
+Index(
+    "fax_outbox_retention_due_idx",
+    fax_outbox.c.final_at,
+    fax_outbox.c.id,
+    postgresql_where=text("final_at IS NOT NULL AND document IS NOT NULL"),
+)
+Index(
+    "fax_outbox_final_idx",
+    fax_outbox.c.final_at,
+    fax_outbox.c.id,
+    postgresql_where=text("final_at IS NOT NULL"),
+)
+Index(
+    "fax_outbox_mintfax_delete_idx",
+    fax_outbox.c.updated_at,
+    fax_outbox.c.id,
+    postgresql_where=text(
+        "document IS NULL AND mintfax_fax_id IS NOT NULL AND mintfax_deleted_at IS NULL"
+    ),
+)
 # The metrics scrape and the dashboard (migration 0013, outbox/fleet_status.py): the oldest
 # pending fax, the latency histograms (index-only), and the last hour as ranges.
 Index(
@@ -337,6 +373,8 @@ alerts = Table(
     CheckConstraint("delivery_attempts >= 0", name="delivery_attempts_nonnegative"),
 )
 Index("alerts_created_at_idx", alerts.c.created_at)
+# A row purge deletes the row's alerts (migration 0010).
+Index("alerts_fax_id_idx", alerts.c.fax_id)
 # Alerts not yet delivered to the webhook (few), in delivery order.
 Index("alerts_undelivered_idx", alerts.c.id, postgresql_where=text("notified_at IS NULL"))
 

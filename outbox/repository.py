@@ -1405,6 +1405,126 @@ def rows_to_look_at(conn: Connection, *, limit: int) -> list[Mapping[str, Any]]:
     return [dict(row._mapping) for row in conn.execute(_ROWS_TO_LOOK_AT, {"limit": limit})]
 
 
+# --- retention (outbox/retention.py) -----------------------------------------------------------
+
+# Final rows whose bytes are due to go, oldest final first, walked along
+# `fax_outbox_retention_due_idx` (which holds only final rows that still have them). Rows
+# another pass holds are skipped, never waited for; final rows are never claimed by a send,
+# so a pass and the fleet never wait on each other's rows.
+_PURGE_DOCUMENTS = text(
+    """
+    WITH due AS (
+        SELECT id FROM fax_outbox
+        WHERE final_at IS NOT NULL AND document IS NOT NULL
+          AND final_at <= coalesce(CAST(:now AS timestamptz), now()) - make_interval(secs => :age)
+        ORDER BY final_at, id
+        LIMIT :limit
+        FOR UPDATE SKIP LOCKED
+    )
+    UPDATE fax_outbox AS f
+    SET document = NULL, document_purged_at = coalesce(CAST(:now AS timestamptz), now())
+    FROM due
+    WHERE f.id = due.id
+    RETURNING f.id
+    """
+)
+
+# Final rows old enough to delete, with their history, along `fax_outbox_final_idx`. With
+# :after_mintfax, a row whose copy at mintfax is still to be deleted waits for that first.
+# Attempts and events go explicitly (their foreign keys would cascade or set NULL), alerts too.
+_PURGE_ROWS = text(
+    """
+    WITH doomed AS (
+        SELECT id FROM fax_outbox
+        WHERE final_at IS NOT NULL
+          AND final_at <= coalesce(CAST(:now AS timestamptz), now()) - make_interval(secs => :age)
+          AND (NOT :after_mintfax OR mintfax_fax_id IS NULL OR mintfax_deleted_at IS NOT NULL)
+        ORDER BY final_at, id
+        LIMIT :limit
+        FOR UPDATE SKIP LOCKED
+    ), attempts AS (
+        DELETE FROM fax_attempts AS a USING doomed WHERE a.fax_id = doomed.id
+    ), events AS (
+        DELETE FROM fax_events AS e USING doomed WHERE e.outbox_id = doomed.id
+    ), row_alerts AS (
+        DELETE FROM alerts AS al USING doomed WHERE al.fax_id = doomed.id
+    )
+    DELETE FROM fax_outbox AS f USING doomed WHERE f.id = doomed.id
+    RETURNING f.id
+    """
+)
+
+# Rows whose bytes are gone and whose copy at mintfax is still to be deleted, least recently
+# tried first, along `fax_outbox_mintfax_delete_idx`. No lock is held while mintfax is asked.
+_MINTFAX_DELETIONS_DUE = text(
+    """
+    SELECT id, mintfax_fax_id FROM fax_outbox
+    WHERE document IS NULL AND mintfax_fax_id IS NOT NULL AND mintfax_deleted_at IS NULL
+    ORDER BY updated_at, id
+    LIMIT :limit
+    """
+)
+
+# Serialises passes' deletions at mintfax (a session lock on the pass's own connection, gone
+# with it if the process dies), so two passes do not ask for the same fax twice.
+_MINTFAX_DELETION_LOCK = 7246012
+
+
+def purge_documents(conn: Connection, *, now: datetime | None, age: float, limit: int) -> list[int]:
+    """Remove the bytes of up to `limit` rows final for at least `age` seconds; their ids."""
+    result = conn.execute(_PURGE_DOCUMENTS, {"now": now, "age": age, "limit": limit})
+    return [row_id for (row_id,) in result]
+
+
+def purge_rows(
+    conn: Connection, *, now: datetime | None, age: float, limit: int, after_mintfax: bool
+) -> list[int]:
+    """Delete up to `limit` rows final for at least `age` seconds, with their attempts, events
+    and alerts; returns their ids."""
+    params = {"now": now, "age": age, "limit": limit, "after_mintfax": after_mintfax}
+    return [row_id for (row_id,) in conn.execute(_PURGE_ROWS, params)]
+
+
+def mintfax_deletions_due(conn: Connection, *, limit: int) -> list[tuple[int, str]]:
+    """(id, mintfax fax id) of up to `limit` rows whose copy at mintfax is to be deleted."""
+    rows = conn.execute(_MINTFAX_DELETIONS_DUE, {"limit": limit})
+    return [(row_id, fax_id) for row_id, fax_id in rows]
+
+
+def try_lock_mintfax_deletions(conn: Connection) -> bool:
+    """Take the session lock of mintfax deletions on `conn` (autocommit); False if held."""
+    return bool(
+        conn.execute(
+            text("SELECT pg_try_advisory_lock(:key)"), {"key": _MINTFAX_DELETION_LOCK}
+        ).scalar_one()
+    )
+
+
+def unlock_mintfax_deletions(conn: Connection) -> None:
+    """Release the lock `try_lock_mintfax_deletions` took on `conn`."""
+    conn.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": _MINTFAX_DELETION_LOCK})
+
+
+def mark_mintfax_deleted(conn: Connection, fax_id: int, *, now: datetime | None) -> bool:
+    """Record that mintfax no longer holds the row's copy."""
+    result = conn.execute(
+        text(
+            "UPDATE fax_outbox SET mintfax_deleted_at = coalesce(CAST(:now AS timestamptz), now()) "
+            "WHERE id = :id AND mintfax_deleted_at IS NULL"
+        ),
+        {"now": now, "id": fax_id},
+    )
+    return result.rowcount == 1
+
+
+def postpone_mintfax_deletion(conn: Connection, fax_id: int) -> None:
+    """Send a row whose deletion mintfax refused to the back of the queue (the update trigger
+    moves `updated_at`, the order of `_MINTFAX_DELETIONS_DUE`)."""
+    conn.execute(
+        text("UPDATE fax_outbox SET mintfax_deleted_at = NULL WHERE id = :id"), {"id": fax_id}
+    )
+
+
 # --- reconciliation ----------------------------------------------------------------------------
 
 

@@ -154,6 +154,21 @@ class Settings(BaseSettings):
     resume_balance_cents: int = Field(
         default=DEFAULT_RESUME_BALANCE_CENTS, ge=1, validation_alias="FAXOUT_RESUME_BALANCE_CENTS"
     )
+    # --- retention (outbox/retention.py) ---
+    # Remove the document bytes of a final fax this many days after it became final (unset:
+    # keep them); the row, its key and its history stay.
+    retention_days: float | None = Field(
+        default=None, ge=0, le=36_500, validation_alias="FAXOUT_RETENTION_DAYS"
+    )
+    # Delete final rows and their history (attempts, events, alerts) this many days after
+    # they became final (unset: never). A re-enqueue of a deleted intent is a new fax.
+    purge_days: float | None = Field(
+        default=None, ge=1, le=36_500, validation_alias="FAXOUT_PURGE_DAYS"
+    )
+    # Remove the bytes as soon as a fax is final (beat's next pass, seconds later).
+    zero_footprint: bool = Field(default=False, validation_alias="FAXOUT_ZERO_FOOTPRINT")
+    # Also ask mintfax to delete its copy (DELETE /v1/fax/{id}) once our bytes are gone.
+    delete_at_mintfax: bool = Field(default=False, validation_alias="FAXOUT_DELETE_AT_MINTFAX")
     # --- liveness (outbox/liveness.py) ---
     # How often the relay, beat, workers and webhook receivers publish a heartbeat.
     heartbeat_seconds: float = Field(
@@ -212,6 +227,28 @@ class Settings(BaseSettings):
                 "FAXOUT_LIVENESS_ALERT_SECONDS",
                 f"must be at least twice FAXOUT_HEARTBEAT_SECONDS ({self.heartbeat_seconds:g}), "
                 f"got {self.liveness_alert_seconds:g}",
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _retention_fits_together(self) -> Settings:
+        # Rows deleted before their bytes were due would make FAXOUT_RETENTION_DAYS a lie, and
+        # a deletion at mintfax follows the removal of our own bytes, so it needs one.
+        if (
+            self.purge_days is not None
+            and self.retention_days is not None
+            and self.purge_days < self.retention_days
+        ):
+            raise ConfigurationError(
+                "FAXOUT_PURGE_DAYS",
+                f"must be at least FAXOUT_RETENTION_DAYS ({self.retention_days:g}), "
+                f"got {self.purge_days:g}",
+            )
+        if self.delete_at_mintfax and self.retention_days is None and not self.zero_footprint:
+            raise ConfigurationError(
+                "FAXOUT_DELETE_AT_MINTFAX",
+                "needs FAXOUT_RETENTION_DAYS or FAXOUT_ZERO_FOOTPRINT: mintfax's copy is "
+                "deleted once ours is",
             )
         return self
 

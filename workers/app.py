@@ -27,6 +27,7 @@ from outbox.pause import FleetControl
 from outbox.poller import StatusPoller
 from outbox.rescuer import LeaseRescuer
 from outbox.resolver import UnknownOutcomeResolver
+from outbox.retention import RetentionPolicy
 from outbox.settings import Settings
 from workers import heartbeat
 from workers.runtime import Runtime
@@ -43,6 +44,7 @@ DELIVER_ALERTS_TASK = "faxout.deliver_pending_alerts"
 POLL_STATUS_TASK = "faxout.poll_fax_status"
 WATCH_BALANCE_TASK = "faxout.watch_balance"
 RESOLVE_UNKNOWN_TASK = "faxout.resolve_unknown_outcomes"
+APPLY_RETENTION_TASK = "faxout.apply_retention"
 MAINTENANCE_TASKS = (
     RESCUE_TASK,
     SYNC_PAUSE_MIRROR_TASK,
@@ -50,6 +52,7 @@ MAINTENANCE_TASKS = (
     POLL_STATUS_TASK,
     WATCH_BALANCE_TASK,
     RESOLVE_UNKNOWN_TASK,
+    APPLY_RETENTION_TASK,
 )
 
 app = Celery("faxout", include=["workers.tasks"])
@@ -58,6 +61,7 @@ app = Celery("faxout", include=["workers.tasks"])
 def configure(settings: Settings) -> None:
     """Apply fax-outbox's Celery configuration for `settings` (and let the tasks use them)."""
     Runtime.configure(settings)
+    retention_interval = RetentionPolicy.from_settings(settings).interval
     # httpx logs every request at INFO; submit already logs one masked line per fax, and a
     # second, unmasked one per request costs CPU on the hot path for nothing.
     logging.getLogger("httpx").setLevel(logging.WARNING)
@@ -123,6 +127,11 @@ def configure(settings: Settings) -> None:
                 "task": RESOLVE_UNKNOWN_TASK,
                 "schedule": UnknownOutcomeResolver.interval,
                 "options": {"queue": MAINTENANCE_QUEUE, "expires": UnknownOutcomeResolver.interval},
+            },
+            "apply-retention": {
+                "task": APPLY_RETENTION_TASK,
+                "schedule": retention_interval,
+                "options": {"queue": MAINTENANCE_QUEUE, "expires": retention_interval},
             },
         },
     )

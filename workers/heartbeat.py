@@ -14,6 +14,7 @@ import atexit
 import logging
 import os
 import threading
+import time
 from datetime import datetime
 
 import sqlalchemy.exc
@@ -33,11 +34,45 @@ log = logging.getLogger("faxout.liveness")
 CHECKING_ROLES = frozenset({"relay", "beat", "worker"})
 
 
-class HeartbeatThread:
-    """Publishes one process's heartbeat (and checks the fleet) on a daemon thread."""
+class Pulse:
+    """When a process's main loop last completed a pass (the host's monotonic clock).
 
-    def __init__(self, settings: Settings, role: str, process: str) -> None:
+    A process whose loop is stuck (a hung connection, a bug) but whose heartbeat thread runs
+    would look alive; with a pulse, the heartbeat is withheld once the loop has stalled.
+    """
+
+    def __init__(self) -> None:
+        self._at = time.monotonic()
+
+    def touch(self) -> None:
+        """The loop completed a pass."""
+        self._at = time.monotonic()
+
+    def age(self) -> float:
+        """Seconds since the last completed pass."""
+        return time.monotonic() - self._at
+
+
+class HeartbeatThread:
+    """Publishes one process's heartbeat (and checks the fleet) on a daemon thread.
+
+    With a `pulse`, no heartbeat is published while the process's loop has not completed a
+    pass for `stall_after` seconds: a stuck relay is as dead as a killed one.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        role: str,
+        process: str,
+        *,
+        pulse: Pulse | None = None,
+        stall_after: float = 60.0,
+    ) -> None:
         self._settings = settings
+        self._pulse = pulse
+        self._stall_after = stall_after
+        self._stalled = False
         self.engine = _heartbeat_engine(settings)
         clock = DatabaseClock(self._read_now)
         self.heart = Heart(self.engine, role, process, clock)
@@ -87,6 +122,19 @@ class HeartbeatThread:
             self._tick()
 
     def _tick(self) -> None:
+        if self._pulse is not None and self._pulse.age() > self._stall_after:
+            if not self._stalled:
+                self._stalled = True
+                log.warning(
+                    "liveness: the %s loop has completed no pass for %.0fs; its heartbeat is "
+                    "withheld until it does",
+                    self.heart.role,
+                    self._pulse.age(),
+                )
+            return
+        if self._stalled:
+            self._stalled = False
+            log.warning("liveness: the %s loop is running again", self.heart.role)
         try:
             self.heart.beat()
             if self.watch is not None:

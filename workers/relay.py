@@ -21,7 +21,7 @@ from outbox.liveness import process_identity
 from outbox.models import NOTIFY_CHANNEL
 from outbox.settings import Settings, libpq_url
 from workers.app import QUEUE, SUBMIT_TASK, app, configure
-from workers.heartbeat import HeartbeatThread
+from workers.heartbeat import HeartbeatThread, Pulse
 from workers.runtime import Runtime
 
 log = logging.getLogger("faxout.relay")
@@ -42,9 +42,17 @@ def run_relay(settings: Settings, stop: threading.Event, *, poll_interval: float
     url = libpq_url(settings.require_database_url())
     backoff = 0.5
     # On a thread of its own, so it beats on time however long the loop waits for
-    # notifications; it also checks that the fleet has a beat.
+    # notifications, but only while the loop completes passes (a relay stuck on a hung
+    # broker is as dead as a killed one); it also checks that the fleet has a beat.
     hostname, pid = process_identity()
-    heart = HeartbeatThread(settings, "relay", f"relay@{hostname}:{pid}").start()
+    pulse = Pulse()
+    heart = HeartbeatThread(
+        settings,
+        "relay",
+        f"relay@{hostname}:{pid}",
+        pulse=pulse,
+        stall_after=settings.liveness_alert_seconds / 2,
+    ).start()
     try:
         while not stop.is_set():
             try:
@@ -52,7 +60,7 @@ def run_relay(settings: Settings, stop: threading.Event, *, poll_interval: float
                     listener.execute(f"LISTEN {NOTIFY_CHANNEL}")
                     log.info("relay listening on %s", NOTIFY_CHANNEL)
                     backoff = 0.5
-                    _loop(dispatcher, listener, stop, poll_interval)
+                    _loop(dispatcher, listener, stop, poll_interval, pulse)
             except (psycopg.OperationalError, OSError) as exc:
                 log.warning("relay lost the database (%s); retrying in %.1fs", exc, backoff)
                 stop.wait(backoff)
@@ -69,10 +77,15 @@ def run_relay(settings: Settings, stop: threading.Event, *, poll_interval: float
 
 
 def _loop(
-    dispatcher: Dispatcher, listener: psycopg.Connection, stop: threading.Event, poll: float
+    dispatcher: Dispatcher,
+    listener: psycopg.Connection,
+    stop: threading.Event,
+    poll: float,
+    pulse: Pulse,
 ) -> None:
     while not stop.is_set():
         dispatched = dispatcher.run_once()
+        pulse.touch()
         if not dispatcher.needs_rows(dispatcher.queue_depth()):
             timeout = BACKPRESSURE_SLEEP
         else:

@@ -35,6 +35,7 @@ from outbox.provider_limit import ProviderLimit
 from outbox.reconcile import Reconciler
 from outbox.rescuer import LeaseRescuer
 from outbox.resolver import UnknownOutcomeResolver
+from outbox.retention import RetentionPolicy, RetentionService
 from outbox.retry import RetryPolicy
 from outbox.settings import Settings
 from outbox.submit import SubmitContext
@@ -234,6 +235,18 @@ class Runtime:
             self.client,
             self.reconciler,
             self.clock,
+            throttle=self.read_throttle,
+            sends_horizon=self.settings.redispatch_seconds,
+        )
+
+    @cached_property
+    def retention(self) -> RetentionService:
+        policy = RetentionPolicy.from_settings(self.settings)
+        return RetentionService(
+            self.engine,
+            self.clock,
+            policy,
+            client=self.client if policy.delete_at_mintfax else None,
             throttle=self.read_throttle,
             sends_horizon=self.settings.redispatch_seconds,
         )

@@ -6,6 +6,7 @@ from collections import Counter
 
 from outbox.submit import submit_faxes
 from workers.app import (
+    APPLY_RETENTION_TASK,
     DELIVER_ALERTS_TASK,
     POLL_STATUS_TASK,
     RESCUE_TASK,
@@ -69,3 +70,9 @@ def watch_balance() -> int | None:
 def resolve_unknown_outcomes() -> int:
     """Look up at mintfax the parked rows whose outcome is unknown; returns how many."""
     return Runtime.get().resolver.run_once().looked_up
+
+
+@app.task(name=APPLY_RETENTION_TASK, ignore_result=True)
+def apply_retention() -> int:
+    """Remove document bytes, mintfax's copies and old rows as retention says; how many."""
+    return Runtime.get().retention.run_once().total

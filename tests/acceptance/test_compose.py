@@ -291,6 +291,11 @@ def test_every_service_runs_and_becomes_healthy(local_stack: LocalStack, engine:
     # The relay and the receiver exit 0 on SIGTERM; none needs to be killed.
     assert codes["relay"] == 0 and codes["webhooks"] == 0, codes
     assert None not in codes.values(), codes
+    # Each health check tells a stopped service at once (a clean stop is recorded, not only
+    # the absence of later heartbeats).
+    for name in ["sandbox", *long_running]:
+        check = local_stack.healthcheck(name, services[name])
+        assert check.returncode != 0, f"{name}'s health check passes with {name} stopped"
 
 
 def _wait_healthy(

@@ -76,6 +76,18 @@ def test_killed_relay_alerts_once_and_a_new_relay_ends_the_episode(fleet: Fleet)
     dead = _alive(fleet, "relay", "--max-age", "2")
     assert dead.returncode == 1 and "no relay alive" in dead.stderr
     assert _alive(fleet, "beat").returncode == 0
+    # `faxout status` lists every process with its age, and says the relay is missing.
+    status = subprocess.run(
+        [sys.executable, "-m", "workers.cli", "status"],
+        env={**fleet.stack.env, "COLUMNS": "200"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert status.returncode == 0, status.stderr
+    assert "no relay alive" in status.stdout
+    assert "SILENT for" in status.stdout and status.stdout.count("process worker") == 2
+    assert "no beat alive" not in status.stdout
 
     fleet.stack.start_relay("relay1")
     fleet.wait_until(lambda: _open_episodes(fleet) == set(), 20, "the episode to end")
@@ -112,3 +124,22 @@ def test_alive_exit_codes(fleet: Fleet) -> None:
     fleet.stack.env["DATABASE_URL"] = "postgresql://faxout@127.0.0.1:1/faxout"
     down = _alive(fleet, "relay")
     assert down.returncode == 1 and "database unavailable" in down.stderr
+
+
+def test_a_relay_stuck_without_its_broker_counts_as_dead(fleet: Fleet) -> None:
+    # Its process runs and its heartbeat thread could beat, but its loop completes no pass (the
+    # broker does not answer): it withholds its heartbeat, and the fleet alerts.
+    fleet.stack.env.update(
+        FAXOUT_HEARTBEAT_SECONDS=str(HEARTBEAT), FAXOUT_LIVENESS_ALERT_SECONDS=str(ALERT_AFTER)
+    )
+    fleet.start_sandbox()
+    fleet.start(workers=1, concurrency=1, relays=0)
+    fleet.stack._spawn(
+        "relay-stuck",
+        [sys.executable, "-m", "workers.cli", "relay"],
+        env={"REDIS_URL": "redis://127.0.0.1:1/0"},  # nothing listens there
+    )
+    fleet.wait_until(lambda: "relay" in _roles(fleet), 30, "the relay's first heartbeat")
+    fleet.wait_until(lambda: _down_alerts(fleet, "relay") != [], 3 * ALERT_AFTER + 20, "alert")
+    assert fleet.stack.processes["relay-stuck"].poll() is None, "the relay process still runs"
+    assert "heartbeat is withheld" in fleet.stack.log_text("relay-stuck")
