@@ -205,7 +205,7 @@ def take_snapshot(
         to_submit, to_final = repository.latency_counts(conn, LATENCY_BUCKETS)
         latest_alerts = [_alert_view(a) for a in repository.recent_alerts(conn, alerts)]
         look_at = [_row_view(r) for r in repository.rows_to_look_at(conn, limit=rows)]
-        heartbeats = _heartbeats(conn)
+        heartbeats = _heartbeats(conn, now)
         series_start, series = (
             _series(conn, now, series_minutes) if series_minutes > 0 else (None, {})
         )
@@ -214,7 +214,7 @@ def take_snapshot(
         try:
             figures = redis()
         except FleetStateUnavailable as exc:
-            redis_note = f"unavailable ({exc})"
+            redis_note = f"unavailable ({type(exc).__name__}): {exc}"
     return FleetSnapshot(
         taken_at=taken_at,
         counts=counts,
@@ -257,8 +257,12 @@ def _series(
     return start, {name: [found.get(name, {}).get(m, 0) for m in minute_starts] for name in names}
 
 
-def _heartbeats(conn: Connection) -> list[dict[str, Any]] | None:
-    return None
+def _heartbeats(conn: Connection, now: datetime | None) -> list[dict[str, Any]] | None:
+    try:
+        from outbox import liveness
+    except ImportError:  # a checkout without liveness: not recorded, not zero
+        return None
+    return [asdict(beat) for beat in liveness.heartbeats(conn, now=now)]
 
 
 def _row_view(row: Mapping[str, Any]) -> dict[str, Any]:

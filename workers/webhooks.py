@@ -47,10 +47,24 @@ def create_receiver(
     handle: Callable[[FaxEvent], str],
     secrets: Callable[[], Sequence[SecretStr]],
     clock: Callable[[], datetime] = _utc_now,
+    *,
+    count: Callable[[str], None] | None = None,
 ) -> Starlette:
     """The receiver app. `handle` applies one verified event and names the outcome ("applied",
     "duplicate", ...); `secrets` is asked on every request, so a rotation can add a secret
-    without a restart; `clock` is what timestamps are judged against (injectable in tests)."""
+    without a restart; `clock` is what timestamps are judged against (injectable in tests).
+
+    `count` is told of each event that leaves no row (`duplicate`, `refused_<status>`), for
+    the fleet's metrics (`outbox.fleet_status.WebhookCounters`); its failure changes no answer.
+    """
+
+    async def tally(what: str) -> None:
+        if count is None:
+            return
+        try:
+            await run_in_threadpool(count, what)
+        except Exception as exc:  # a metric is not worth a 503: mintfax would resend
+            log.debug("webhook counter %s not counted: %s", what, type(exc).__name__)
 
     async def receive(request: Request) -> JSONResponse:
         try:
@@ -59,6 +73,7 @@ def create_receiver(
         except WebhookRefused as refused:
             client = request.client.host if request.client else "?"
             log.warning("webhook refused (%d) from %s: %s", refused.status, client, refused.reason)
+            await tally(f"refused_{refused.status}")
             return JSONResponse(
                 {"ok": False, "error": _GENERIC_ERRORS.get(refused.status, "refused")},
                 status_code=refused.status,
@@ -79,6 +94,8 @@ def create_receiver(
             log.debug("webhook %s failure", event.event_id, exc_info=True)
             return JSONResponse({"ok": False, "error": "unavailable"}, status_code=503)
         log.debug("webhook %s (%s): %s", event.event_id, event.event_type, result)
+        if result == "duplicate":
+            await tally("duplicate")
         return JSONResponse({"ok": True, "result": result})
 
     async def healthz(request: Request) -> JSONResponse:
