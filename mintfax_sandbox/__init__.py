@@ -79,7 +79,10 @@ seq, received_at, monotonic, idempotency_key, status), `GET webhooks` (delivery 
 webhook-secret`, `POST balance` (`{"available": N}` sets, `{"top_up": N}` adds + `balance.topup`),
 `GET|POST faults`, `GET|POST config` (rate_limit_per_minute, time_scale, webhook_signing,
 price_per_page, webhook_max_attempts, webhook_timeout_seconds), `GET|POST clock`
-(`{"advance_seconds": N}`), `POST reset` (back to the start-up state and configuration).
+(`{"advance_seconds": N}`), `POST keys` (issues a new `fx_test_` key: `{"id", "key"}`, the key
+shown only there), `GET keys` (id, last4, issued_at, revoked_at, requests and refused per key),
+`POST keys/revoke` (`{"key": ...}` or `{"id": ...}`: that key gets 401 from then on; any other
+`fx_test_` key keeps working), `POST reset` (back to the start-up state and configuration).
 """
 
 from __future__ import annotations

@@ -193,6 +193,25 @@ def control_routes(sandbox: Sandbox) -> list[Route]:
             sandbox.clock.advance(forms.clock_advance(await forms.read_json_object(request)))
         return json_response({"now": iso(sandbox.clock.now())})
 
+    async def issue_key(request: Request) -> Response:
+        key_id, key = sandbox.api_keys.issue(sandbox.clock.now())
+        return json_response({"id": key_id, "key": key}, status=201)
+
+    async def list_keys(request: Request) -> Response:
+        return json_response({"data": sandbox.api_keys.listing()})
+
+    async def revoke_key(request: Request) -> Response:
+        body = await forms.read_json_object(request)
+        key, key_id = body.get("key"), body.get("id")
+        if not isinstance(key, str) and not isinstance(key_id, str):
+            raise validation_error({"key": ["give the key (or its id) to revoke"]})
+        now = sandbox.clock.now()
+        if isinstance(key, str):
+            sandbox.api_keys.revoke(now, key=key)
+        elif not sandbox.api_keys.revoke(now, key_id=key_id):
+            raise not_found("API key", "check_id")
+        return json_response({"revoked": True})
+
     async def reset(request: Request) -> Response:
         await sandbox.reset()
         return json_response({"reset": True})
@@ -208,6 +227,9 @@ def control_routes(sandbox: Sandbox) -> list[Route]:
         Route("/sandbox/faults", get_faults, methods=["GET"]),
         Route("/sandbox/config", config, methods=["GET", "POST"]),
         Route("/sandbox/clock", clock, methods=["GET", "POST"]),
+        Route("/sandbox/keys", issue_key, methods=["POST"]),
+        Route("/sandbox/keys", list_keys, methods=["GET"]),
+        Route("/sandbox/keys/revoke", revoke_key, methods=["POST"]),
         Route("/sandbox/reset", reset, methods=["POST"]),
     ]
 

@@ -70,6 +70,11 @@ def unauthenticated(live_key: bool) -> ApiError:
     return ApiError(401, "unauthenticated", message, "check_api_key")
 
 
+def revoked_key() -> ApiError:
+    """401 for a key that was revoked (a rotation's last step); the key is never echoed."""
+    return ApiError(401, "unauthenticated", "This API key was revoked.", "check_api_key")
+
+
 def control_unauthenticated() -> ApiError:
     """401 on `/sandbox/...` without the control token (the token itself is never echoed)."""
     return ApiError(

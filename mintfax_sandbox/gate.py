@@ -26,6 +26,7 @@ from mintfax_sandbox.errors import (
     control_unauthenticated,
     error_response,
     rate_limited,
+    revoked_key,
     server_error,
     unauthenticated,
 )
@@ -160,6 +161,8 @@ class ApiGate:
         refusal: ApiError | None = None
         if key is None or not key.startswith(TEST_KEY_PREFIX) or len(key) == len(TEST_KEY_PREFIX):
             refusal = unauthenticated(live_key=key is not None and key.startswith(LIVE_KEY_PREFIX))
+        elif not self.sandbox.api_keys.admit(key):
+            refusal = revoked_key()
         else:
             decision = self.sandbox.admit(key)
             if decision is not None:

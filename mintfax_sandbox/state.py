@@ -25,6 +25,7 @@ from typing import Any
 import httpx
 
 from mintfax_sandbox import carrier
+from mintfax_sandbox.api_keys import ApiKeys
 from mintfax_sandbox.clock import SimClock, iso
 from mintfax_sandbox.faults import Fault, FaultConfig, FaultPlan
 from mintfax_sandbox.idempotency import KeyStore
@@ -107,6 +108,7 @@ class Sandbox:
         self.clock = SimClock()
         self.ledger = Ledger(config.initial_balance, self.emit)
         self.keys = KeyStore(self.clock.now)
+        self.api_keys = ApiKeys()
         self.faxes: dict[str, Fax] = {}
         self.fax_order: list[str] = []
         self.keys_with_fax: set[str] = set()

@@ -186,6 +186,20 @@ class SandboxHandle:
         result: dict[str, Any] = self._post("config", settings)
         return result
 
+    def issue_key(self) -> str:
+        """A new `fx_test_` API key (a rotation's first step)."""
+        key: str = self._post("keys", {})["key"]
+        return key
+
+    def revoke_key(self, key: str) -> None:
+        """Revoke `key`: every request with it is refused (401) from now on."""
+        self._post("keys/revoke", {"key": key})
+
+    def keys(self) -> list[dict[str, Any]]:
+        """Every key seen or issued: id, last4, requests, refused (never the key)."""
+        rows: list[dict[str, Any]] = self._get("keys")["data"]
+        return rows
+
     def advance_clock(self, seconds: float) -> None:
         self._post("clock", {"advance_seconds": seconds})
 
