@@ -137,6 +137,14 @@ class Settings(BaseSettings):
     # Celery task events, which Flower shows (tests/acceptance: Flower's own `enable_events`
     # did not bring them back in time). Each is a Redis PUBLISH per message on the hot path.
     task_events: bool = Field(default=True, validation_alias="FAXOUT_TASK_EVENTS")
+    # --- the admin server (`faxout admin serve`: /metrics and the dashboard) ---
+    # Basic-auth credentials, required to bind it beyond loopback; the password from the
+    # variable or from a file (a secrets mount), not both.
+    admin_user: str | None = Field(default=None, validation_alias="FAXOUT_ADMIN_USER")
+    admin_password: SecretStr | None = Field(default=None, validation_alias="FAXOUT_ADMIN_PASSWORD")
+    admin_password_file: Path | None = Field(
+        default=None, validation_alias="FAXOUT_ADMIN_PASSWORD_FILE"
+    )
     # Redis redelivers an unacknowledged message after this long; it must exceed any task.
     broker_visibility_timeout: int = Field(
         default=6 * 3600, ge=1, validation_alias="FAXOUT_BROKER_VISIBILITY_TIMEOUT"
@@ -340,6 +348,36 @@ class Settings(BaseSettings):
         if self.mintfax_api_key is None:
             raise ConfigurationError("MINTFAX_API_KEY", "is not set (nor MINTFAX_API_KEY_FILE)")
         return self.mintfax_api_key
+
+    def admin_credentials(self) -> tuple[str, SecretStr] | None:
+        """The admin server's basic-auth user and password; None when neither is set.
+
+        Raises `ConfigurationError` when only one half is set, when both password sources
+        are, or when the file cannot be read or is empty (never quoting the password).
+        """
+        if self.admin_password is not None and self.admin_password_file is not None:
+            raise ConfigurationError(
+                "FAXOUT_ADMIN_PASSWORD", "set it or FAXOUT_ADMIN_PASSWORD_FILE, not both"
+            )
+        password = self.admin_password
+        if self.admin_password_file is not None:
+            try:
+                text = self.admin_password_file.read_text(encoding="utf-8").strip()
+            except OSError as exc:
+                raise ConfigurationError(
+                    "FAXOUT_ADMIN_PASSWORD_FILE", f"cannot be read ({exc.strerror})"
+                ) from None
+            if not text:
+                raise ConfigurationError("FAXOUT_ADMIN_PASSWORD_FILE", "is empty")
+            password = SecretStr(text)
+        if self.admin_user is None and password is None:
+            return None
+        if not self.admin_user or password is None or not password.get_secret_value():
+            raise ConfigurationError(
+                "FAXOUT_ADMIN_USER",
+                "and FAXOUT_ADMIN_PASSWORD (or FAXOUT_ADMIN_PASSWORD_FILE) go together",
+            )
+        return self.admin_user, password
 
 
 def environment_from_env(environ: Mapping[str, str] | None = None) -> Environment:

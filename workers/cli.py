@@ -11,10 +11,9 @@ those is imported by the command that needs it, after `_require_extra` has check
 from __future__ import annotations
 
 import importlib.util
-import json
 import math
 import sys
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn
@@ -25,7 +24,6 @@ import sqlalchemy.exc
 import typer
 from rich.console import Console
 from rich.markup import escape
-from rich.table import Table
 from rich.text import Text
 from sqlalchemy import Engine
 
@@ -34,13 +32,11 @@ from outbox.db import make_engine
 from outbox.enqueue import enqueue_fax
 from outbox.errors import ConfigurationError, FaxOutboxError, IdempotencyConflict, ValidationFailed
 from outbox.events import REQUIRED_WEBHOOK_EVENTS
-from outbox.liveness import Heartbeat, heartbeats
-from outbox.models import FaxStatus
-from outbox.repository import Pause, count_by_status, open_pauses, recent_alerts
 from outbox.settings import Settings
 
 if TYPE_CHECKING:
     from outbox.fax_client import MintfaxClient
+    from outbox.fleet_status import FleetSnapshot
     from outbox.pause import FleetControl
 
 app = typer.Typer(
@@ -198,89 +194,105 @@ def enqueue(
 
 
 @app.command()
-def status() -> None:
-    """Counts of faxes by status, fleet pauses, throttle, queue depth and recent alerts."""
+def status(
+    once: Annotated[bool, typer.Option("--once", help="Print the view once and exit.")] = False,
+    json_output: Annotated[
+        bool, typer.Option("--json", help="Print the snapshot once as JSON (for scripts).")
+    ] = False,
+    interval: Annotated[
+        float, typer.Option(help="Seconds between refreshes of the live view.", min=0.5)
+    ] = 2.0,
+) -> None:
+    """The fleet at a glance, live in a terminal: faxes by status, the oldest pending fax,
+    pauses, balance, throttle and queues, counters, latencies, processes, the rows to look at
+    and the latest alerts (`outbox.fleet_status`; Ctrl-C leaves)."""
+    import json
+
     settings = load_settings()
     engine = _engine(settings)
     try:
-        with _database_errors(), engine.connect() as conn:
-            counts = count_by_status(conn)
-            pauses = open_pauses(conn)
-            alerts = recent_alerts(conn, 5)
-            processes = heartbeats(conn)
+        with _fleet_snapshots(settings, engine) as take:
+            with _database_errors():
+                snap = take()
+            if json_output:
+                typer.echo(json.dumps(snap.to_json(), indent=2))
+                return
+            from workers.status_view import render
+
+            alive_within = _alive_window(settings)  # as `faxout alive` counts a process alive
+            if once or not out.is_terminal:
+                out.print(render(snap, alive_within=alive_within))
+                return
+            _live_status(take, snap, alive_within, interval)
     finally:
         engine.dispose()
-    table = Table(title="fax_outbox")
-    table.add_column("status")
-    table.add_column("count", justify="right")
-    for st in FaxStatus:
-        table.add_row(st.value, str(counts[st]))
-    table.add_row("[bold]total[/bold]", f"[bold]{sum(counts.values())}[/bold]")
-    out.print(table)
-    _print_fleet_state(settings, pauses, alerts)
-    print_processes(settings, processes)
 
 
-def _print_fleet_state(
-    settings: Settings, pauses: list[Pause], alerts: list[Mapping[str, Any]]
+def _live_status(
+    take: Callable[[], FleetSnapshot], snap: FleetSnapshot, alive_within: float, interval: float
 ) -> None:
-    """Pauses and recent alerts (from Postgres); throttle and queue depth (Redis, when set)."""
-    if pauses:
-        for p in pauses:
-            out.print(
-                f"[red]fleet PAUSED[/red]: {p.reason} since {p.started_at:%Y-%m-%d %H:%M:%S} "
-                f"(episode {p.id}); `faxout resume` ends it"
-            )
+    """Refresh the view every `interval` seconds until Ctrl-C; a failed refresh keeps the last
+    view, marked with the error, and tries again."""
+    import time
+
+    from rich.live import Live
+
+    from workers.status_view import render
+
+    with Live(render(snap, alive_within=alive_within), console=out, auto_refresh=False) as live:
+        try:
+            while True:
+                time.sleep(interval)
+                try:
+                    snap = take()
+                except sqlalchemy.exc.DBAPIError as exc:
+                    problem = f"database unavailable: {type(exc.orig).__name__}"
+                    live.update(render(snap, alive_within=alive_within, error=problem))
+                else:
+                    live.update(render(snap, alive_within=alive_within))
+                live.refresh()
+        except KeyboardInterrupt:
+            return
+
+
+@contextmanager
+def _fleet_snapshots(settings: Settings, engine: Engine) -> Iterator[Callable[..., FleetSnapshot]]:
+    """`take(series_minutes=0)`: a fleet snapshot from Postgres, and from Redis when it is
+    configured and the [worker] extra is installed (otherwise the snapshot says why not)."""
+    from outbox.fleet_status import redis_figures, take_snapshot
+
+    note: str | None = None
+    client: Any = None
+    if not settings.redis_url:
+        note = "not configured (REDIS_URL is not set)"
+    elif missing_extras("worker"):
+        note = "throttle, queues and webhook counters: not shown (pip install 'fax-outbox[worker]')"
     else:
-        out.print("fleet: sending")
-    if settings.redis_url and missing_extras("worker"):
-        out.print(
-            "throttle and broker queue: not shown (pip install 'fax-outbox[worker]')",
-            markup=False,
-            highlight=False,
-        )
-    elif settings.redis_url:
         import redis as redis_lib
 
-        from outbox.errors import FleetStateUnavailable
-        from outbox.throttle import FleetThrottle
-        from workers.app import QUEUE
+        from workers.app import MAINTENANCE_QUEUE, QUEUE
 
-        client = redis_lib.Redis.from_url(settings.redis_url, socket_timeout=5)
-        try:
-            snap = FleetThrottle(client, settings.rate_limit_per_minute).snapshot()
-            depth = client.llen(QUEUE)  # the broker's own queue: this is its boundary
-        except (FleetStateUnavailable, redis_lib.RedisError) as exc:
-            out.print(f"redis: unavailable ({type(exc).__name__})")
-        else:
-            out.print(
-                f"throttle: {snap['limit_per_minute']:.0f}/min, 429 cooldown "
-                f"{snap['cooldown_remaining']:.1f}s; broker queue: {depth} message(s)"
-            )
-        finally:
-            client.close()
-    for a in alerts:
-        out.print(
-            f"alert {a['created_at']:%Y-%m-%d %H:%M:%S} [{a['severity']}] {a['kind']}: "
-            f"{a['message']}",
-            markup=False,
-            highlight=False,
+        client = redis_lib.Redis.from_url(
+            settings.redis_url, socket_timeout=5, socket_connect_timeout=3
         )
+    reader = (
+        None
+        if client is None
+        else lambda: redis_figures(
+            client,
+            limit_per_minute=settings.rate_limit_per_minute,
+            queues=(QUEUE, MAINTENANCE_QUEUE),
+        )
+    )
 
+    def take(*, series_minutes: int = 0) -> FleetSnapshot:
+        return take_snapshot(engine, redis=reader, redis_note=note, series_minutes=series_minutes)
 
-def print_processes(settings: Settings, processes: list[Heartbeat]) -> None:
-    """The fleet's processes from their heartbeats (`faxout status`): role, name, host, pid
-    and age on the database's clock, and a warning for a watched role with no live process."""
-    from outbox.liveness import WATCHED_ROLES, describe
-
-    alive_within = _alive_window(settings)
-    for line in describe(processes, alive_within=alive_within):
-        out.print(f"process {line}", markup=False, highlight=False)
-    for role in WATCHED_ROLES:
-        if not any(
-            p.role == role and not p.stopped and p.age_seconds <= alive_within for p in processes
-        ):
-            out.print(f"[red]no {role} alive[/red] (heartbeats younger than {alive_within:g}s)")
+    try:
+        yield take
+    finally:
+        if client is not None:
+            client.close()
 
 
 def _alive_window(settings: Settings) -> float:
@@ -523,7 +535,13 @@ def webhooks_serve(
     _configure_logging()
     runtime = Runtime(settings)
     secrets = settings.mintfax_webhook_secrets
-    receiver = create_receiver(runtime.reconciler.handle_event, lambda: secrets)
+    from outbox.fleet_status import WebhookCounters
+
+    receiver = create_receiver(
+        runtime.reconciler.handle_event,
+        lambda: secrets,
+        count=WebhookCounters(runtime.redis).count,  # duplicates and refusals, fleet-wide
+    )
     heart = HeartbeatThread(settings, "webhooks", f"webhooks@{_hostname()}:{port}").start()
     try:
         started = serve(receiver, host, port)  # until SIGTERM/Ctrl-C, then exit 0
@@ -604,6 +622,53 @@ def webhooks_list() -> None:
             f"{endpoint.get('id')} {endpoint.get('url')} {state} "
             f"events={','.join(subscribed) if subscribed else 'all'}"
         )
+
+
+admin_app = typer.Typer(
+    help="The admin server: Prometheus metrics and a read-only dashboard.", no_args_is_help=True
+)
+app.add_typer(admin_app, name="admin")
+
+
+@admin_app.command("serve")
+def admin_serve(
+    host: Annotated[
+        str, typer.Option(help="Interface to listen on (beyond loopback needs credentials).")
+    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 9180,
+) -> None:
+    """Serve GET /metrics (Prometheus), /healthz and / (the dashboard) until SIGTERM/Ctrl-C.
+
+    Bound beyond loopback only with FAXOUT_ADMIN_USER and FAXOUT_ADMIN_PASSWORD (or
+    FAXOUT_ADMIN_PASSWORD_FILE), which every route but /healthz then demands (basic auth).
+    """
+    _require_extra("admin serve", "worker")
+    settings = load_settings()
+    _require(settings.require_database_url)
+    try:
+        credentials = settings.admin_credentials()
+    except ConfigurationError as exc:
+        _fail([str(exc)])
+    from workers.admin import create_admin_app, is_loopback
+    from workers.webhooks import serve
+
+    if credentials is None and not is_loopback(host):
+        _fail(
+            [
+                f"--host {host} reaches beyond loopback: set FAXOUT_ADMIN_USER and "
+                "FAXOUT_ADMIN_PASSWORD (or FAXOUT_ADMIN_PASSWORD_FILE) first, so that the "
+                "dashboard and /metrics demand them"
+            ]
+        )
+    _configure_logging()
+    engine = _engine(settings)
+    try:
+        with _fleet_snapshots(settings, engine) as take:
+            started = serve(create_admin_app(take, credentials), host, port)
+    finally:
+        engine.dispose()
+    if not started:
+        raise typer.Exit(1)
 
 
 def main() -> None:
