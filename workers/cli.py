@@ -11,6 +11,7 @@ those is imported by the command that needs it, after `_require_extra` has check
 from __future__ import annotations
 
 import importlib.util
+import json
 import math
 import sys
 from collections.abc import Callable, Iterator
