@@ -241,7 +241,7 @@ class MintfaxClient:
             fax_id=fax_id,
             status=status,
             status_code=response.status_code,
-            request_id=_request_id(response, body),
+            request_id=self._request_id(response, body),
             replayed=_is_replay(response.headers),
             duration_ms=duration_ms,
         )
@@ -408,7 +408,7 @@ class MintfaxClient:
             self._raise_transport(method, path, "failed", exc)
         elapsed_ms = round((time.perf_counter() - started) * 1000)
         self._note_rate_limit(response.headers)
-        request_id = response.headers.get("x-request-id")
+        request_id = self._request_id(response, {})
         logger.debug(
             "mintfax %s /%s -> %s in %d ms request_id=%s %s",
             method,
@@ -417,6 +417,12 @@ class MintfaxClient:
             elapsed_ms,
             request_id,
             log_extra,
+            extra={
+                "action": "mintfax.response",
+                "http_status": response.status_code,
+                "duration_ms": elapsed_ms,
+                "request_id": request_id,
+            },
         )
         if not response.is_success:
             error = self._error_from(response)
@@ -428,6 +434,12 @@ class MintfaxClient:
                 error.error,
                 type(error).__name__,
                 error.request_id,
+                extra={
+                    "action": "mintfax.refused",
+                    "http_status": response.status_code,
+                    "error_code": error.error,
+                    "request_id": error.request_id,
+                },
             )
             raise error
         return response
@@ -443,7 +455,7 @@ class MintfaxClient:
         detail = self._scrub(str(exc)) or type(exc).__name__
         where = httpx.URL(f"{self._base_url}/{path}").copy_with(userinfo=b"", query=None)
         message = f"{method} {where} {what}: {type(exc).__name__}: {detail}"
-        logger.info("mintfax %s", message)
+        logger.info("mintfax %s", message, extra={"action": "mintfax.transport_error"})
         # `from None`: the httpx exception's text or args could hold request headers.
         raise kind(message) from None
 
@@ -467,7 +479,7 @@ class MintfaxClient:
             "error": self._scrub(code) if code else None,
             "action": self._scrub(action) if action else None,
             "context": context,
-            "request_id": _request_id(response, envelope),
+            "request_id": self._request_id(response, envelope),
         }
         message = self._scrub(message)
         if code is None and (300 <= status < 400 or status in _ENVELOPE_REQUIRED):
@@ -505,12 +517,16 @@ class MintfaxClient:
             f"{request.method} {request.url.path} answered {response.status_code} "
             f"but the body {what}; outcome unknown"
         )
-        logger.warning("mintfax %s", message)
+        logger.warning(
+            "mintfax %s",
+            message,
+            extra={"action": "mintfax.unusable_answer", "http_status": response.status_code},
+        )
         # No body excerpt: a success body may hold a secret (a webhook's signing_secret).
         raise TransportError(
             message,
             status_code=response.status_code,
-            request_id=response.headers.get("x-request-id"),
+            request_id=self._request_id(response, {}),
         )
 
     def _json(self, response: httpx.Response) -> Any:
@@ -524,6 +540,12 @@ class MintfaxClient:
         if not isinstance(body, dict):
             self._unusable_success(response, "is not a JSON object")
         return body
+
+    def _request_id(self, response: httpx.Response, body: Mapping[str, Any]) -> str | None:
+        # Scrubbed like every other text off the wire: it is stored, logged and shown, and a
+        # proxy or a broken server could put anything in it, the request's own key included.
+        request_id = _raw_request_id(response, body)
+        return None if request_id is None else self._scrub(request_id)
 
     def _scrub_json(self, value: dict[str, Any]) -> dict[str, Any]:
         scrubbed = json.loads(self._scrub(json.dumps(value)))
@@ -556,7 +578,11 @@ class MintfaxClient:
             try:
                 self._on_rate_limit(info)
             except Exception as exc:  # the answer (a 201 above all) matters more than the hook
-                logger.warning("rate-limit hook failed: %s", type(exc).__name__)
+                logger.warning(
+                    "rate-limit hook failed: %s",
+                    type(exc).__name__,
+                    extra={"action": "mintfax.rate_limit_hook_failed"},
+                )
 
 
 _NOT_JSON = object()
@@ -586,7 +612,7 @@ def _error_fields(envelope: Mapping[str, Any]) -> tuple[str | None, str | None, 
     )
 
 
-def _request_id(response: httpx.Response, body: Mapping[str, Any]) -> str | None:
+def _raw_request_id(response: httpx.Response, body: Mapping[str, Any]) -> str | None:
     value = body.get("request_id")
     if isinstance(value, str) and value:
         return value

@@ -93,9 +93,10 @@ class Stack:
         name: str = "worker",
         concurrency: int = 2,
         queues: tuple[str, ...] = (QUEUE, MAINTENANCE_QUEUE),
+        loglevel: str = "INFO",
     ) -> None:
         """Start a Celery worker (prefork pool of `concurrency` processes) consuming `queues`
-        (by default submits and beat's maintenance tasks)."""
+        (by default submits and beat's maintenance tasks), logging at `loglevel`."""
         self._spawn(
             name,
             [
@@ -116,12 +117,12 @@ class Stack:
                 "--without-gossip",
                 "--without-mingle",
                 "--loglevel",
-                "INFO",
+                loglevel,
             ],
         )
 
-    def start_beat(self) -> None:
-        """Start Celery beat (maintenance schedule)."""
+    def start_beat(self, loglevel: str = "INFO") -> None:
+        """Start Celery beat (maintenance schedule), logging at `loglevel`."""
         self._spawn(
             "beat",
             [
@@ -134,7 +135,7 @@ class Stack:
                 "--schedule",
                 str(self.log_dir / "beat-schedule"),
                 "--loglevel",
-                "INFO",
+                loglevel,
             ],
         )
 
