@@ -235,3 +235,28 @@ def test_every_configured_secret_is_masked_out_of_results() -> None:
     assert masked.fix == "**** ****"
     clean = CheckResult("y", Outcome.PASSED, "nothing secret")
     assert _masked(clean, secrets) is clean
+
+
+# -- the command's own refusals ------------------------------------------------------------
+
+
+def test_preflight_without_the_worker_extra_names_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    from typer.testing import CliRunner
+
+    from workers import cli
+
+    monkeypatch.setitem(cli._EXTRA_MODULES, "worker", ("httpx", "no_such_module_for_faxout"))
+    done = CliRunner().invoke(cli.app, ["preflight"])
+    assert done.exit_code == 2
+    assert "`faxout preflight` needs the [worker] extra" in " ".join(done.output.split())
+
+
+@pytest.mark.parametrize("timeout", ["0", "-1", "nan", "301"])
+def test_preflight_refuses_a_timeout_that_is_not_a_short_positive_time(timeout: str) -> None:
+    from typer.testing import CliRunner
+
+    from workers import cli
+
+    done = CliRunner().invoke(cli.app, ["preflight", "--timeout", timeout], env=BASE)
+    assert done.exit_code == 2
+    assert "--timeout must be" in " ".join(done.output.split())
