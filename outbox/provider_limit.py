@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from dataclasses import replace
 from typing import Protocol
 
@@ -82,6 +83,8 @@ def provider_limit_alert(provider_limit: int, configured: int) -> Alert:
 class ProviderLimit:
     """Follows mintfax's `X-RateLimit-Limit` across the fleet; one per process."""
 
+    retry_seconds = 10.0
+
     def __init__(
         self, engine: Engine, throttle: ProviderLimitStore, alerter: Alerter, clock: Clock
     ) -> None:
@@ -92,6 +95,13 @@ class ProviderLimit:
         # One change at a time per process (threads share the client); other processes are
         # serialised by the episode's advisory lock in Postgres.
         self._lock = threading.Lock()
+        # The figure this process has seen recorded in Postgres (None: no episode). A process
+        # killed between its Redis and its Postgres write leaves a figure every worker follows
+        # but no episode; the first answer each other process reads records it.
+        self._recorded: int | None = None
+        # After a failed attempt to record (Postgres down), a figure Redis already holds is not
+        # retried on every answer: at most once per `retry_seconds`.
+        self._quiet_until = 0.0
 
     def __repr__(self) -> str:
         return f"ProviderLimit(configured={self._throttle.limit_per_minute})"
@@ -104,13 +114,16 @@ class ProviderLimit:
         configured = self._throttle.limit_per_minute
         followed = self._throttle.provider_limit
         if limit < configured:
-            if limit == followed:
+            if limit == followed and (
+                limit == self._recorded or time.monotonic() < self._quiet_until
+            ):
                 return
-        elif followed is None:
+        elif followed is None and self._recorded is None:
             return
         try:
             self.follow(limit)
         except Exception as exc:  # never lose the answer that carried the header
+            self._quiet_until = time.monotonic() + self.retry_seconds
             log.warning(
                 "could not follow mintfax's rate limit of %s/min: %s", limit, type(exc).__name__
             )
@@ -139,6 +152,7 @@ class ProviderLimit:
                     alert_id = self._alerter.record(conn, alert, now)
                     if alert_id is not None:
                         repository.set_provider_limit(conn, alert_id, limit)
+            self._recorded = limit if lower else None
         if changed:
             log.warning(
                 "mintfax's rate limit is %s/min: the fleet follows %s/min "

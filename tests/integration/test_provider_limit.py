@@ -181,3 +181,19 @@ def test_an_episode_ends_when_the_configuration_is_lowered_to_fit(harness: Harne
     refit.client.get_balance()  # 30 is not below 30: nothing stored, no alert
     assert harness.stored() is None
     assert len(harness.episodes()) == 1
+
+
+def test_a_worker_killed_between_redis_and_postgres_leaves_no_episode_unalerted(
+    harness: Harness,
+) -> None:
+    # The killed worker stored the figure (every worker follows it) but recorded nothing.
+    FleetThrottle(harness.redis, CONFIGURED).follow_provider_limit(30)
+    survivor = harness.worker()
+    survivor.throttle.try_acquire()
+    assert survivor.throttle.provider_limit == 30
+    survivor.client.get_balance()  # its first answer records the episode
+
+    [episode] = harness.episodes()
+    assert episode["provider_limit"] == 30
+    survivor.client.get_balance()
+    assert len(harness.episodes()) == 1
