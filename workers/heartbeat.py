@@ -15,6 +15,7 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Callable
 from datetime import datetime
 
 import sqlalchemy.exc
@@ -108,17 +109,23 @@ class HeartbeatThread:
         if self._stop.is_set():
             return
         self._stop.set()
-        if self._thread.is_alive() and self._thread is not threading.current_thread():
-            self._thread.join(timeout=10)
+        if self._thread is not threading.current_thread():
+            # A beat in progress may take its statement's time; do not wait for ever.
+            _sleep_until(lambda: not self._thread.is_alive(), 10.0)
         try:
             self.heart.stop()
         except sqlalchemy.exc.SQLAlchemyError as exc:
-            log.warning("liveness: could not record the shutdown of %s (%s)", self.heart, exc)
+            log.warning(
+                "liveness: could not record the shutdown of %s (%s)",
+                self.heart,
+                exc,
+                extra={"action": "liveness.shutdown_unrecorded"},
+            )
         finally:
             self.engine.dispose()
 
     def _run(self) -> None:
-        while not self._stop.wait(self._settings.heartbeat_seconds):
+        while not _sleep_until(self._stop.is_set, self._settings.heartbeat_seconds):
             self._tick()
 
     def _tick(self) -> None:
@@ -130,11 +137,16 @@ class HeartbeatThread:
                     "withheld until it does",
                     self.heart.role,
                     self._pulse.age(),
+                    extra={"action": "liveness.withheld"},
                 )
             return
         if self._stalled:
             self._stalled = False
-            log.warning("liveness: the %s loop is running again", self.heart.role)
+            log.warning(
+                "liveness: the %s loop is running again",
+                self.heart.role,
+                extra={"action": "liveness.running_again"},
+            )
         try:
             self.heart.beat()
             if self.watch is not None:
@@ -149,15 +161,38 @@ class HeartbeatThread:
                     self.heart.role,
                     " ".join(str(reason).split())[:200],
                     self._settings.heartbeat_seconds,
+                    extra={"action": "liveness.unreachable"},
                 )
             return
         except Exception:
             # A bug must not kill the heartbeat: a silent process would be taken for dead.
-            log.exception("liveness: heartbeat of %s failed", self.heart)
+            log.exception(
+                "liveness: heartbeat of %s failed", self.heart, extra={"action": "liveness.failed"}
+            )
             return
         if self._unreachable:
             self._unreachable = False
-            log.warning("liveness: %s heartbeat published again", self.heart.role)
+            log.warning(
+                "liveness: %s heartbeat published again",
+                self.heart.role,
+                extra={"action": "liveness.published_again"},
+            )
+
+
+def _sleep_until(condition: Callable[[], bool], seconds: float) -> bool:
+    """Sleep up to `seconds`, waking early once `condition()` holds; whether it held.
+
+    Plain `time.sleep` slices rather than `Event.wait` or `Thread.join` with a timeout: a
+    timed lock wait hangs for good under libfaketime, on which the tests run hosts whose
+    clocks are minutes off, and a heartbeat must be the last thing to stop on such a host.
+    """
+    deadline = time.monotonic() + seconds
+    while not condition():
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return False
+        time.sleep(min(left, 0.1))
+    return True
 
 
 def _heartbeat_engine(settings: Settings) -> Engine:

@@ -143,3 +143,31 @@ def test_a_relay_stuck_without_its_broker_counts_as_dead(fleet: Fleet) -> None:
     fleet.wait_until(lambda: _down_alerts(fleet, "relay") != [], 3 * ALERT_AFTER + 20, "alert")
     assert fleet.stack.processes["relay-stuck"].poll() is None, "the relay process still runs"
     assert "heartbeat is withheld" in fleet.stack.log_text("relay-stuck")
+
+
+def test_hosts_minutes_apart_are_judged_on_the_database_clock(fleet: Fleet) -> None:
+    # A relay on a host three minutes slow and a worker and beat three minutes fast: every
+    # heartbeat is dated by the database, so nobody looks dead (or alive) by a host's clock.
+    from tests.acceptance.test_clock_skew import FAKETIME
+
+    if not FAKETIME.is_file():
+        pytest.skip("needs libfaketime (apt-get install faketime)")
+    fleet.stack.env.update(
+        FAXOUT_HEARTBEAT_SECONDS=str(HEARTBEAT), FAXOUT_LIVENESS_ALERT_SECONDS=str(ALERT_AFTER)
+    )
+    fleet.start_sandbox()
+    fleet.stack.env.update(LD_PRELOAD=str(FAKETIME), FAKETIME="-3m")
+    fleet.stack.start_relay("relay0")
+    fleet.stack.env["FAKETIME"] = "+3m"
+    fleet.stack.start_worker("worker0", 1)
+    fleet.stack.start_beat()
+    fleet.stack.wait_for_worker_ready("worker0")
+    for name in ("LD_PRELOAD", "FAKETIME"):
+        del fleet.stack.env[name]
+    fleet.wait_until(
+        lambda: _roles(fleet) == {"relay": 1, "beat": 1, "worker": 1}, 30, "every heartbeat"
+    )
+    time.sleep(2 * ALERT_AFTER)  # the checkers are old enough to judge, and judge often
+    assert _roles(fleet) == {"relay": 1, "beat": 1, "worker": 1}
+    assert _down_alerts(fleet, "relay") == [] and _down_alerts(fleet, "beat") == []
+    assert _alive(fleet, "relay", "--max-age", "2").returncode == 0
