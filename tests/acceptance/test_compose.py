@@ -10,6 +10,8 @@ setting or a documented container-only variable."""
 
 from __future__ import annotations
 
+import importlib.util
+import json
 import os
 import re
 import shlex
@@ -250,7 +252,9 @@ def test_every_service_runs_and_becomes_healthy(local_stack: LocalStack, engine:
     # migrate is one shot and everything else waits for it to succeed.
     migrated = local_stack.run("migrate", services["migrate"])
     assert migrated.returncode == 0, migrated.stderr
-    long_running = [n for n in services if n not in ("migrate", "sandbox")]
+    one_shot = {n for n, s in services.items() if s.get("restart") == "no"}
+    assert one_shot == {"migrate", "preflight"}
+    long_running = [n for n in services if n not in one_shot and n != "sandbox"]
     assert set(long_running) == {"relay", "worker", "beat", "webhooks", "flower"}
     for name in long_running:
         local_stack.start(name, services[name])
@@ -286,6 +290,19 @@ def test_every_service_runs_and_becomes_healthy(local_stack: LocalStack, engine:
             break
         assert time.monotonic() < deadline, f"fax not sent: {row}\n{local_stack.log('worker')}"
         time.sleep(0.5)
+
+    # `docker compose run --rm preflight` reaches everything it checks inside the network.
+    if importlib.util.find_spec("outbox.preflight") is not None:
+        ran = local_stack.run(
+            "preflight",
+            {**services["preflight"], "command": [*services["preflight"]["command"], "--json"]},
+        )
+        assert ran.returncode in (0, 1), ran.stderr
+        outcomes = {c["name"]: c["outcome"] for c in json.loads(ran.stdout)["checks"]}
+        wired = ("postgres", "redis", "migrations", "fleet_alive", "flower", "webhook_signature")
+        assert {name: outcomes.get(name) for name in wired} == dict.fromkeys(wired, "passed"), (
+            ran.stdout
+        )
 
     codes = local_stack.stop_all()
     # The relay and the receiver exit 0 on SIGTERM; none needs to be killed.
@@ -326,6 +343,8 @@ def test_the_file_keeps_its_rules() -> None:
         if name in ("migrate", "sandbox"):
             continue
         assert service["depends_on"]["migrate"]["condition"] == "service_completed_successfully"
+        if service.get("restart") == "no":  # one shot (preflight): nothing to keep healthy
+            continue
         assert "healthcheck" in service, f"{name} has no health check"
         assert service.get("restart") == "unless-stopped", name
     for name in ("postgres", "redis", "sandbox"):
@@ -335,9 +354,10 @@ def test_the_file_keeps_its_rules() -> None:
     assert "scale" not in services["beat"]
     # The API key goes only where mintfax is called; the webhook secret only to the receiver.
     holders = {n for n, s in ours.items() if "MINTFAX_API_KEY" in (s.get("environment") or {})}
-    assert holders == {"worker", "beat"}
+    assert holders == {"worker", "beat", "preflight"}
     secrets_ = {n for n, s in ours.items() if "MINTFAX_WEBHOOK_SECRET" in s.get("environment", {})}
-    assert secrets_ == {"webhooks"}
+    assert secrets_ == {"webhooks", "preflight"}
+    assert services["preflight"]["profiles"] == ["tools"]
     # Dockerfile: slim, the [worker] extra, never root.
     dockerfile = (ROOT / "Dockerfile").read_text()
     assert re.search(r"^FROM python:\S*-slim", dockerfile.replace("${PYTHON_VERSION}", "3"), re.M)
