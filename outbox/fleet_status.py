@@ -4,10 +4,11 @@ Every figure is read from Postgres and Redis when the snapshot is taken, never k
 memory of the process that shows it, so it is the whole fleet's and survives restarts: rows by
 status, the oldest pending fax, pauses, the balance the balance watch last read, counters
 derived from the durable tables (attempts by outcome and HTTP status, webhook events by
-outcome, final rows by status), latency histograms from the rows' timestamps, the latest
-alerts, the rows a human should look at. Redis adds the throttle, the pause mirror, the broker
-queues and the webhook events that leave no row: duplicates and refusals, counted there by
-every receiver (`WebhookCounters`). Each statement walks an index (migration 0013).
+outcome, final rows by status), the latency histograms of the last hour's faxes from the
+rows' timestamps, the latest alerts, the rows a human should look at. Redis adds the
+throttle, the pause mirror, the broker queues and the webhook events that leave no row:
+duplicates and refusals, counted there by every receiver (`WebhookCounters`). Each statement
+walks an index (migration 0013).
 
 The two halves fail apart: with Redis down (or the `[worker]` extra missing) the Postgres
 half is shown and the Redis half is `None` with the reason, shown as unknown. Phone numbers
@@ -29,7 +30,7 @@ from sqlalchemy import Connection, Engine
 
 from outbox import repository
 from outbox.errors import FleetStateUnavailable
-from outbox.models import FaxStatus, Outcome
+from outbox.models import TERMINAL_STATUSES, FaxStatus, Outcome
 from outbox.redaction import mask_number
 from outbox.repository import BalanceSnapshot, LatencyCounts, Pause
 
@@ -41,6 +42,10 @@ if TYPE_CHECKING:
 LATENCY_BUCKETS: tuple[float, ...] = (
     1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0, 14_400.0, 86_400.0,
 )  # fmt: skip
+
+# The histograms describe the last hour's faxes (submitted, resp. finished, in it): a window,
+# so a scrape reads an index range whatever the table's size (bench/metrics_scrape.py).
+LATENCY_WINDOW_SECONDS = 3600.0
 
 # The Redis hash every webhook receiver counts into (fields `duplicate`, `refused_<status>`).
 WEBHOOK_COUNTERS_KEY = "faxout:metrics:webhook_events"
@@ -90,7 +95,9 @@ class FleetSnapshot:
     pauses: list[Pause]
     balance: BalanceSnapshot | None
     attempts: AttemptCounters
-    events: dict[str, int]  # recorded webhook events by outcome
+    events: dict[str, int]  # recorded webhook events by outcome (deleted ones included)
+    # Rows that reached each final status, ever: those still here and those retention deleted.
+    finals: dict[str, int]
     insert_to_submit: LatencyCounts
     submit_to_final: LatencyCounts
     alerts: list[dict[str, Any]]
@@ -200,9 +207,21 @@ def take_snapshot(
         oldest = repository.oldest_pending(conn, now=now)
         pauses = repository.open_pauses(conn)
         balance = repository.latest_balance_snapshot(conn)
-        attempts = _attempt_counters(repository.attempt_counts(conn))
+        # Counters never go down: what retention deleted is added back (`metric_tallies`).
+        deleted = repository.deleted_tallies(conn)
+        attempts = _attempt_counters(_with_deleted(repository.attempt_counts(conn), deleted))
         events = repository.event_counts(conn)
-        to_submit, to_final = repository.latency_counts(conn, LATENCY_BUCKETS)
+        for (kind, label), n in deleted.items():
+            if kind == "events_deleted":
+                events[label] = events.get(label, 0) + n
+        finals = {
+            s.value: counts[s.value] + deleted.get(("faxes_deleted", s.value), 0)
+            for s in FaxStatus
+            if s in TERMINAL_STATUSES
+        }
+        to_submit, to_final = repository.latency_counts(
+            conn, LATENCY_BUCKETS, now=now, window=LATENCY_WINDOW_SECONDS
+        )
         latest_alerts = [_alert_view(a) for a in repository.recent_alerts(conn, alerts)]
         look_at = [_row_view(r) for r in repository.rows_to_look_at(conn, limit=rows)]
         heartbeats = _heartbeats(conn, now)
@@ -223,6 +242,7 @@ def take_snapshot(
         balance=balance,
         attempts=attempts,
         events=events,
+        finals=finals,
         insert_to_submit=to_submit,
         submit_to_final=to_final,
         alerts=latest_alerts,
@@ -233,6 +253,18 @@ def take_snapshot(
         series_start=series_start,
         series=series,
     )
+
+
+def _with_deleted(
+    counts: dict[tuple[str, int | None], int], deleted: Mapping[tuple[str, str], int]
+) -> dict[tuple[str, int | None], int]:
+    for (kind, label), n in deleted.items():
+        if kind != "attempts_deleted":
+            continue
+        outcome, _, status = label.partition(":")
+        key = (outcome, int(status) if status else None)
+        counts[key] = counts.get(key, 0) + n
+    return counts
 
 
 def _attempt_counters(counts: Mapping[tuple[str, int | None], int]) -> AttemptCounters:

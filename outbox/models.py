@@ -411,6 +411,18 @@ Index("fax_events_outbox_id_idx", fax_events.c.outbox_id)
 # Webhook events by outcome, for the metrics (migration 0013).
 Index("fax_events_outcome_idx", fax_events.c.outcome)
 
+# What retention deleted, by kind and label (migration 0013's triggers add to it), so counters
+# derived from rows never go down: `faxes_deleted` by status, `attempts_deleted` by
+# `outcome:http_status`, `events_deleted` by outcome.
+metric_tallies = Table(
+    "metric_tallies",
+    metadata,
+    Column("kind", Text, primary_key=True),
+    Column("label", Text, primary_key=True),
+    Column("value", BigInteger, nullable=False),
+    CheckConstraint("value >= 0", name="value_nonnegative"),
+)
+
 
 # --- status polling and balance watch (migration 0009) ---
 # Status polling walks this index and nothing else: never-polled rows (next_poll_at IS NULL)

@@ -1280,6 +1280,12 @@ def attempt_counts(conn: Connection) -> dict[tuple[str, int | None], int]:
     return {(outcome, status): count for outcome, status, count in result}
 
 
+def deleted_tallies(conn: Connection) -> dict[tuple[str, str], int]:
+    """What retention deleted, by (kind, label) (`metric_tallies`, migration 0013)."""
+    result = conn.execute(text("SELECT kind, label, value FROM metric_tallies"))
+    return {(kind, label): value for kind, label, value in result}
+
+
 def event_counts(conn: Connection) -> dict[str, int]:
     """Recorded webhook events by outcome (each event id once): `fax_events_outcome_idx`."""
     result = conn.execute(text("SELECT outcome, count(*) FROM fax_events GROUP BY 1"))
@@ -1293,49 +1299,66 @@ class LatencyCounts:
     buckets: tuple[tuple[float, int], ...]
     count: int
     total_seconds: float
+    window_seconds: float  # over the rows of this many seconds before the snapshot
 
 
-@functools.cache
-def _latency_statement(bounds: tuple[float, ...]) -> Any:
-    # The bounds are the code's own constants (floats), never input: safe to write into SQL.
-    def filters(column: str) -> str:
-        return ", ".join(f"count({column}) FILTER (WHERE {column} <= {float(b)!r})" for b in bounds)
-
-    return text(
-        f"""
-        SELECT count(*), coalesce(sum(to_submit), 0)::float8, {filters("to_submit")},
-               count(to_final), coalesce(sum(to_final), 0)::float8, {filters("to_final")}
-        FROM (
-            SELECT greatest(0, extract(epoch FROM submitted_at - created_at))::float8
-                       AS to_submit,
-                   -- greatest() skips NULLs: a row not yet final must stay NULL here.
-                   CASE WHEN completed_at IS NOT NULL
-                        THEN greatest(0, extract(epoch FROM completed_at - submitted_at))::float8
-                   END AS to_final
-            FROM fax_outbox WHERE submitted_at IS NOT NULL
-        ) AS accepted
-        """  # noqa: S608
+# The latencies of the last `:window` seconds, grouped by bucket: a latency's bucket is the
+# number of bounds below it (the first bound at or above it is its Prometheus `le`), which
+# `width_bucket` tells from the negated bounds in ascending order. Insert to submit of the
+# rows submitted in the window (a range of `fax_outbox_latency_idx`), submit to final of the
+# rows finished in it (ranges of `fax_outbox_completed_at_idx`). date_part (double
+# precision), not extract (numeric, several times slower).
+_LATENCY = text(
+    """
+    WITH since AS (
+        SELECT coalesce(CAST(:now AS timestamptz), now()) - make_interval(secs => :window) AS t
     )
+    SELECT 'submit', :n - width_bucket(-d, CAST(:negated AS float8[])), count(*), sum(d)
+    FROM (
+        SELECT greatest(0, date_part('epoch', submitted_at - created_at)) AS d
+        FROM fax_outbox, since WHERE submitted_at >= since.t
+    ) AS submitted
+    GROUP BY 2
+    UNION ALL
+    SELECT 'final', :n - width_bucket(-d, CAST(:negated AS float8[])), count(*), sum(d)
+    FROM (
+        SELECT greatest(0, date_part('epoch', completed_at - submitted_at)) AS d
+        FROM fax_outbox, since
+        WHERE status IN ('delivered', 'failed') AND completed_at >= since.t
+          AND submitted_at IS NOT NULL
+    ) AS finished
+    GROUP BY 2
+    """
+)
 
 
 def latency_counts(
-    conn: Connection, bounds: Sequence[float]
+    conn: Connection, bounds: Sequence[float], *, now: datetime | None, window: float
 ) -> tuple[LatencyCounts, LatencyCounts]:
-    """Insert-to-submit and submit-to-final latencies of every accepted row, as cumulative
-    histograms over `bounds`: one index-only scan of `fax_outbox_latency_idx`.
+    """Insert-to-submit latencies of the rows submitted in the last `window` seconds, and
+    submit-to-final latencies of the rows delivered or failed in them, as cumulative
+    histograms over `bounds` (ascending): index ranges, so the cost follows the window's
+    traffic, not the table's size.
 
     A duration below zero (mintfax's completion time is its clock, our submission time the
     database's, and the two may disagree) counts as zero.
     """
-    key = tuple(float(b) for b in bounds)
-    row = conn.execute(_latency_statement(key)).one()
-    n = len(key)
-    first = row[: 2 + n]
-    second = row[2 + n :]
-    return (
-        LatencyCounts(tuple(zip(key, first[2:], strict=True)), first[0], first[1]),
-        LatencyCounts(tuple(zip(key, second[2:], strict=True)), second[0], second[1]),
-    )
+    key = [float(b) for b in bounds]
+    per_bucket = {"submit": [0] * (len(key) + 1), "final": [0] * (len(key) + 1)}
+    totals = {"submit": 0.0, "final": 0.0}
+    params = {"n": len(key), "negated": [-b for b in reversed(key)], "now": now, "window": window}
+    for kind, bucket, count, total in conn.execute(_LATENCY, params):
+        per_bucket[kind][bucket] += count
+        totals[kind] += total or 0.0
+
+    def histogram(kind: str) -> LatencyCounts:
+        running, cumulative = 0, []
+        for bound, n in zip(key, per_bucket[kind], strict=False):
+            running += n
+            cumulative.append((bound, running))
+        return LatencyCounts(tuple(cumulative), sum(per_bucket[kind]), totals[kind], window)
+
+    return histogram("submit"), histogram("final")
 
 
 _LAST_HOUR = text(

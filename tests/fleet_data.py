@@ -68,8 +68,11 @@ def seed(engine: Engine, now: datetime) -> Seeded:
             out.ids.setdefault(status, []).append(row_id)
             return row_id
 
-        def accepted(created_ago: float, to_submit: float, **values: Any) -> dict[str, Any]:
-            out.to_submit.append(to_submit)
+        def accepted(
+            created_ago: float, to_submit: float, *, recent: bool = True, **values: Any
+        ) -> dict[str, Any]:
+            if recent:  # submitted within the last hour: in the latency histograms
+                out.to_submit.append(to_submit)
             fax_id = f"fax_{uuid.uuid4().hex[:16]}"
             return {
                 "mintfax_fax_id": fax_id,
@@ -100,6 +103,13 @@ def seed(engine: Engine, now: datetime) -> Seeded:
                 **accepted(ago, submit, completed_at=now - timedelta(seconds=ago - submit - final)),
                 pages=1,
             )
+        # Two hours ago: in every count, outside the latency histograms and the last hour.
+        row(
+            "delivered",
+            created_ago=7300,
+            **accepted(7300.0, 5.0, recent=False, completed_at=now - timedelta(seconds=7235)),
+            pages=1,
+        )
         # mintfax's clock behind ours: completed "before" it was submitted; counts as zero.
         out.to_final.append(0.0)
         row(

@@ -28,8 +28,8 @@ import sqlalchemy.exc
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import (
     CounterMetricFamily,
+    GaugeHistogramMetricFamily,
     GaugeMetricFamily,
-    HistogramMetricFamily,
     Metric,
 )
 from prometheus_client.registry import Collector
@@ -146,12 +146,12 @@ def fleet_metrics(snap: FleetSnapshot) -> Iterator[Metric]:
     yield from _counters(snap)
     yield _histogram(
         "faxout_insert_to_submit_seconds",
-        "From the row's insert to mintfax's acceptance, for every accepted row.",
+        "From insert to mintfax's acceptance, of the faxes accepted in the last hour.",
         snap.insert_to_submit,
     )
     yield _histogram(
         "faxout_submit_to_final_seconds",
-        "From mintfax's acceptance to the final state (delivered or failed).",
+        "From mintfax's acceptance to delivered or failed, of the faxes finished in the last hour.",
         snap.submit_to_final,
     )
     yield GaugeMetricFamily(
@@ -200,7 +200,7 @@ def _counters(snap: FleetSnapshot) -> Iterator[Metric]:
         "faxout_submitted", "Faxes mintfax accepted (a 201, or its replay).", attempts.submitted
     )
     for status, (name, documentation) in finals.items():
-        yield CounterMetricFamily(name, documentation, snap.counts.get(status, 0))
+        yield CounterMetricFamily(name, documentation, snap.finals[status])
     yield CounterMetricFamily(
         "faxout_retries", "Attempts that scheduled another one.", attempts.retries
     )
@@ -247,11 +247,13 @@ def _counters(snap: FleetSnapshot) -> Iterator[Metric]:
         yield refused
 
 
-def _histogram(name: str, documentation: str, counts: LatencyCounts) -> HistogramMetricFamily:
+def _histogram(name: str, documentation: str, counts: LatencyCounts) -> GaugeHistogramMetricFamily:
+    # A gauge histogram: the distribution over a sliding window, which shrinks as well as
+    # grows, so histogram_quantile() is taken of the buckets themselves, not of their rate().
     buckets: list[tuple[str, float]] = [(repr(bound), n) for bound, n in counts.buckets]
     buckets.append(("+Inf", counts.count))
-    return HistogramMetricFamily(
-        name, documentation, buckets=buckets, sum_value=counts.total_seconds
+    return GaugeHistogramMetricFamily(
+        name, documentation, buckets=buckets, gsum_value=counts.total_seconds
     )
 
 

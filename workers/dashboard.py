@@ -99,9 +99,9 @@ def _counters_table(snap: FleetSnapshot) -> str:
     redis = snap.redis
     figures: list[tuple[str, str, object]] = [
         ("submitted", "submitted (accepted by mintfax)", a.submitted),
-        ("delivered", "delivered", snap.counts.get("delivered", 0)),
-        ("failed", "failed", snap.counts.get("failed", 0)),
-        ("rejected", "rejected", snap.counts.get("rejected", 0)),
+        ("delivered", "delivered", snap.finals["delivered"]),
+        ("failed", "failed", snap.finals["failed"]),
+        ("rejected", "rejected", snap.finals["rejected"]),
         ("retries", "retries", a.retries),
         ("429", "mintfax 429 (rate limited)", a.rate_limited),
         ("402", "mintfax 402 (balance)", a.insufficient_balance),
@@ -125,11 +125,11 @@ def _counters_table(snap: FleetSnapshot) -> str:
     for name, hist in (("insert to submit", snap.insert_to_submit),
                        ("submit to final", snap.submit_to_final)):  # fmt: skip
         rows.append(
-            f"<tr><td>{name}: median, p95</td><td class='n'>"
+            f"<tr><td>last hour, {name}: median, p95 ({hist.count})</td><td class='n'>"
             f"{_quantile(hist.buckets, hist.count, 0.5)}, "
             f"{_quantile(hist.buckets, hist.count, 0.95)}</td></tr>"
         )
-    return _table("since the start (all rows kept)", ["counter", "value"], rows)
+    return _table("since the start", ["counter", "value"], rows)
 
 
 def _state_table(snap: FleetSnapshot) -> str:

@@ -105,8 +105,8 @@ def _counters(snap: FleetSnapshot) -> str:
         duplicate = str(snap.redis.webhook_duplicates)
         refused = str(sum(snap.redis.webhook_refused.values()))
     return (
-        f"since the start: submitted {a.submitted}, delivered {snap.counts.get('delivered', 0)}, "
-        f"failed {snap.counts.get('failed', 0)}, rejected {snap.counts.get('rejected', 0)}, "
+        f"since the start: submitted {a.submitted}, delivered {snap.finals['delivered']}, "
+        f"failed {snap.finals['failed']}, rejected {snap.finals['rejected']}, "
         f"retries {a.retries}, 429s {a.rate_limited}, 402s {a.insufficient_balance}; "
         f"webhook events accepted {sum(snap.events.values())}, duplicate {duplicate}, "
         f"refused {refused}"
@@ -126,7 +126,7 @@ def _latencies(snap: FleetSnapshot) -> str:
             f"{name}: median {_bucket(hist.buckets, hist.count, 0.5)}, "
             f"p95 {_bucket(hist.buckets, hist.count, 0.95)} ({hist.count} faxes)"
         )
-    return "; ".join(parts)
+    return "last hour, " + "; ".join(parts)
 
 
 def _processes(snap: FleetSnapshot, alive_within: float) -> list[Text]:

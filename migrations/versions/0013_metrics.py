@@ -16,6 +16,15 @@ each of its statements walks an index, never the table:
   (submitted, retries, 429s, 402s) are an index-only count.
 - `fax_events_outcome_idx` on `fax_events (outcome)`: webhook events by outcome, likewise.
 
+Counters derived from rows must not go down when retention deletes rows (Prometheus would
+take the drop for a restart of the counter): `metric_tallies` keeps what was deleted, by kind
+and label, added by one statement-level trigger per table (transition tables, so a purge of a
+thousand rows is one update per label, and nothing runs on inserts or updates):
+
+- `fax_outbox`: `faxes_deleted` by status;
+- `fax_attempts`: `attempts_deleted` by `outcome:http_status`;
+- `fax_events`: `events_deleted` by outcome.
+
 Revision ID: 0013_metrics
 Revises: 0012_operate
 Create Date: 2026-12-01
@@ -30,6 +39,29 @@ revision: str = "0013_metrics"
 down_revision: str | None = "0012_operate"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
+
+
+TALLY_FUNCTION = r"""
+CREATE FUNCTION metric_tallies_add_deleted() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF TG_TABLE_NAME = 'fax_outbox' THEN
+        INSERT INTO metric_tallies (kind, label, value)
+        SELECT 'faxes_deleted', status::text, count(*) FROM gone GROUP BY 2
+        ON CONFLICT (kind, label) DO UPDATE SET value = metric_tallies.value + EXCLUDED.value;
+    ELSIF TG_TABLE_NAME = 'fax_attempts' THEN
+        INSERT INTO metric_tallies (kind, label, value)
+        SELECT 'attempts_deleted', outcome || ':' || coalesce(http_status::text, ''), count(*)
+        FROM gone GROUP BY 2
+        ON CONFLICT (kind, label) DO UPDATE SET value = metric_tallies.value + EXCLUDED.value;
+    ELSE
+        INSERT INTO metric_tallies (kind, label, value)
+        SELECT 'events_deleted', outcome, count(*) FROM gone GROUP BY 2
+        ON CONFLICT (kind, label) DO UPDATE SET value = metric_tallies.value + EXCLUDED.value;
+    END IF;
+    RETURN NULL;
+END $$;
+"""
+TALLIED_TABLES = ("fax_outbox", "fax_attempts", "fax_events")
 
 
 def upgrade() -> None:
@@ -54,9 +86,28 @@ def upgrade() -> None:
     op.create_index("fax_outbox_created_at_idx", "fax_outbox", ["created_at"])
     op.create_index("fax_attempts_outcome_idx", "fax_attempts", ["outcome", "http_status"])
     op.create_index("fax_events_outcome_idx", "fax_events", ["outcome"])
+    op.create_table(
+        "metric_tallies",
+        sa.Column("kind", sa.Text(), nullable=False),
+        sa.Column("label", sa.Text(), nullable=False),
+        sa.Column("value", sa.BigInteger(), nullable=False),
+        sa.PrimaryKeyConstraint("kind", "label", name="metric_tallies_pkey"),
+        sa.CheckConstraint("value >= 0", name="metric_tallies_value_nonnegative_check"),
+    )
+    op.execute(TALLY_FUNCTION)
+    for table in TALLIED_TABLES:
+        op.execute(
+            f"CREATE TRIGGER {table}_tally_deleted AFTER DELETE ON {table} "
+            "REFERENCING OLD TABLE AS gone FOR EACH STATEMENT "
+            "EXECUTE FUNCTION metric_tallies_add_deleted()"
+        )
 
 
 def downgrade() -> None:
+    for table in TALLIED_TABLES:
+        op.execute(f"DROP TRIGGER {table}_tally_deleted ON {table}")
+    op.execute("DROP FUNCTION metric_tallies_add_deleted()")
+    op.drop_table("metric_tallies")
     op.drop_index("fax_events_outcome_idx", table_name="fax_events")
     op.drop_index("fax_attempts_outcome_idx", table_name="fax_attempts")
     op.drop_index("fax_outbox_created_at_idx", table_name="fax_outbox")

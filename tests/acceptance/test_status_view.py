@@ -85,8 +85,8 @@ def test_once_shows_every_part(engine: Engine, database_url: str, redis_url: str
     assert "fleet PAUSED: operator" in out
     assert "balance: 4321 available, 250 held" in out
     assert "throttle: 60/min" in out
-    assert f"since the start: submitted {seeded.submitted_attempts}, delivered 4" in out
-    assert "insert to submit: median <= 5s" in out
+    assert f"since the start: submitted {seeded.submitted_attempts}, delivered 5" in out
+    assert "last hour, insert to submit: median <= 5s" in out
     assert "alert " in out and "fax_failed" in out
     assert "rows to look at" in out and "unknown_outcome" in out
     assert SECRET_NUMBER not in out and "+1212*****91" in out

@@ -10,6 +10,7 @@ import pytest
 import redis
 from sqlalchemy import Engine, text
 
+from outbox import repository
 from outbox.fleet_status import (
     LATENCY_BUCKETS,
     RedisFigures,
@@ -54,7 +55,8 @@ def test_every_figure_matches_the_tables(engine: Engine, redis_url: str) -> None
     assert snap.attempts.rate_limited == seeded.http_429
     assert snap.attempts.insufficient_balance == seeded.http_402
     assert snap.events == seeded.events
-    # Latencies from the rows' own timestamps, a completion "before" submission counting as 0.
+    # Latencies of the last hour from the rows' own timestamps (the row of two hours ago left
+    # out), a completion "before" submission counting as 0.
     assert snap.insert_to_submit.count == len(seeded.to_submit)
     assert [n for _, n in snap.insert_to_submit.buckets] == cumulative(
         seeded.to_submit, LATENCY_BUCKETS
@@ -74,7 +76,7 @@ def test_every_figure_matches_the_tables(engine: Engine, redis_url: str) -> None
     assert rejected["last_error"]["request_id"].startswith("req_")
     # The last hour, per minute: every row created, submitted or finished in it, counted once.
     assert len(snap.series["enqueued"]) == 60
-    assert sum(snap.series["enqueued"]) == sum(seeded.counts.values()) - 2  # 2 older than 1 h
+    assert sum(snap.series["enqueued"]) == sum(seeded.counts.values()) - 3  # 3 older than 1 h
     assert sum(snap.series["delivered"]) == 4 and sum(snap.series["failed"]) == 1
     assert sum(snap.series["rejected"]) == 2 and sum(snap.series["cancelled"]) == 0
 
@@ -126,3 +128,21 @@ def test_numbers_in_free_text_are_masked() -> None:
     assert mask_numbers_in("call +44 20 7123 4567.") == "call +44207*****67."
     assert mask_numbers_in("fax 12 failed (503)") == "fax 12 failed (503)"
     assert mask_numbers_in(None) is None
+
+
+def test_counters_do_not_go_down_when_retention_deletes_rows(engine: Engine) -> None:
+    seed(engine, NOW)
+    before = take_snapshot(engine, redis=None, now=NOW)
+    later = NOW + timedelta(days=30)
+    with engine.begin() as conn:
+        purged = repository.purge_rows(conn, now=later, age=86_400, limit=1000, after_mintfax=False)
+    after = take_snapshot(engine, redis=None, now=NOW)
+    # Every final row went, with its attempts and events; the gauges show it, the counters not.
+    assert len(purged) == sum(before.counts[s] for s in before.finals) > 0
+    assert all(after.counts[s] == 0 for s in after.finals)
+    assert after.finals == before.finals
+    assert after.attempts == before.attempts
+    assert after.events == before.events
+    with engine.connect() as conn:
+        left = conn.execute(text("SELECT count(*) FROM fax_attempts")).scalar_one()
+    assert left == 0  # the seeded attempts all belonged to delivered rows
