@@ -126,7 +126,12 @@ class Alerter:
                 row["kind"],
                 row["severity"],
                 row["message"],
-                extra={"alert_id": row["id"], "fax_id": row["fax_id"]},
+                extra={
+                    "action": "alert.raised",
+                    "alert_id": row["id"],
+                    "alert_kind": row["kind"],
+                    "fax_id": row["fax_id"],
+                },
             )
         if self._webhook_url:
             self._send_claimed(engine, ids=alert_ids)
@@ -180,5 +185,9 @@ class Alerter:
                 return None
             return f"alert webhook answered {response.status_code}"
         except httpx.HTTPError as exc:
-            log.warning("alert webhook unreachable: %s", type(exc).__name__)
+            log.warning(
+                "alert webhook unreachable: %s",
+                type(exc).__name__,
+                extra={"action": "alert.delivery_failed"},
+            )
             return f"alert webhook unreachable: {type(exc).__name__}"

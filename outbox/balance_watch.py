@@ -83,12 +83,15 @@ class BalanceWatch:
     def run_once(self) -> BalanceReport:
         """Read the balance, store it, alert on a new low episode, lift a balance pause."""
         if not self._throttle.try_acquire().granted:
-            log.info("balance check skipped: no rate-limit token free")
+            log.info(
+                "balance check skipped: no rate-limit token free",
+                extra={"action": "balance.check_skipped"},
+            )
             return BalanceReport(snapshot=None)
         try:
             balance = self._client.get_balance()
         except MintfaxError as exc:
-            log.warning("balance check failed: %s", exc)
+            log.warning("balance check failed: %s", exc, extra={"action": "balance.check_failed"})
             if isinstance(exc, RateLimited):
                 self._throttle.cooldown(exc.retry_after)
             return BalanceReport(snapshot=None)
@@ -105,6 +108,7 @@ class BalanceWatch:
                     "balance is %d cents (>= %d): the insufficient-balance pause is lifted",
                     balance.available,
                     self._resume,
+                    extra={"action": "balance.pause_lifted", "available_cents": balance.available},
                 )
         return BalanceReport(snapshot=snapshot, alerted=alert_id is not None, resumed=resumed)
 

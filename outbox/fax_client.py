@@ -417,6 +417,12 @@ class MintfaxClient:
             elapsed_ms,
             request_id,
             log_extra,
+            extra={
+                "action": "mintfax.response",
+                "http_status": response.status_code,
+                "duration_ms": elapsed_ms,
+                "request_id": request_id,
+            },
         )
         if not response.is_success:
             error = self._error_from(response)
@@ -428,6 +434,12 @@ class MintfaxClient:
                 error.error,
                 type(error).__name__,
                 error.request_id,
+                extra={
+                    "action": "mintfax.refused",
+                    "http_status": response.status_code,
+                    "error_code": error.error,
+                    "request_id": error.request_id,
+                },
             )
             raise error
         return response
@@ -443,7 +455,7 @@ class MintfaxClient:
         detail = self._scrub(str(exc)) or type(exc).__name__
         where = httpx.URL(f"{self._base_url}/{path}").copy_with(userinfo=b"", query=None)
         message = f"{method} {where} {what}: {type(exc).__name__}: {detail}"
-        logger.info("mintfax %s", message)
+        logger.info("mintfax %s", message, extra={"action": "mintfax.transport_error"})
         # `from None`: the httpx exception's text or args could hold request headers.
         raise kind(message) from None
 
@@ -505,7 +517,11 @@ class MintfaxClient:
             f"{request.method} {request.url.path} answered {response.status_code} "
             f"but the body {what}; outcome unknown"
         )
-        logger.warning("mintfax %s", message)
+        logger.warning(
+            "mintfax %s",
+            message,
+            extra={"action": "mintfax.unusable_answer", "http_status": response.status_code},
+        )
         # No body excerpt: a success body may hold a secret (a webhook's signing_secret).
         raise TransportError(
             message,
@@ -562,7 +578,11 @@ class MintfaxClient:
             try:
                 self._on_rate_limit(info)
             except Exception as exc:  # the answer (a 201 above all) matters more than the hook
-                logger.warning("rate-limit hook failed: %s", type(exc).__name__)
+                logger.warning(
+                    "rate-limit hook failed: %s",
+                    type(exc).__name__,
+                    extra={"action": "mintfax.rate_limit_hook_failed"},
+                )
 
 
 _NOT_JSON = object()

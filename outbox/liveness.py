@@ -207,6 +207,7 @@ class LivenessWatch:
                         role,
                         f"{back[1]:%Y-%m-%d %H:%M:%S}",
                         back[0],
+                        extra={"action": "liveness.role_back", "liveness_role": role},
                     )
                     continue
                 episode = repository.open_down_episode(

@@ -193,7 +193,15 @@ class StatusPoller:
                 errors += 1
                 if isinstance(exc, RateLimited):
                     self._fleet_throttle.cooldown(exc.retry_after)
-                log.warning("status polling stopped: %s", exc)
+                log.warning(
+                    "status polling stopped: %s",
+                    exc,
+                    extra={
+                        "action": "poll.stopped",
+                        "fax_id": target.id,
+                        "mintfax_fax_id": target.mintfax_fax_id,
+                    },
+                )
                 self._schedule(target)
                 self._release(targets[index + 1 :])
                 break
@@ -202,7 +210,11 @@ class StatusPoller:
                 in_a_row = 0 if isinstance(exc, RequestRejected) else in_a_row + 1
                 self._schedule(target)
                 if in_a_row >= self.errors_in_a_row:
-                    log.warning("status polling stopped after %d errors in a row", in_a_row)
+                    log.warning(
+                        "status polling stopped after %d errors in a row",
+                        in_a_row,
+                        extra={"action": "poll.stopped", "errors_in_a_row": in_a_row},
+                    )
                     self._release(targets[index + 1 :])
                     break
                 continue
@@ -210,7 +222,18 @@ class StatusPoller:
             applied += outcome == "applied"
         report = PollReport(polled=polled, applied=applied, errors=errors, skipped=skipped)
         if polled:
-            log.info("status poll: %d polled, %d applied, %d errors", polled, applied, errors)
+            log.info(
+                "status poll: %d polled, %d applied, %d errors",
+                polled,
+                applied,
+                errors,
+                extra={
+                    "action": "poll.pass",
+                    "polled": polled,
+                    "applied": applied,
+                    "errors": errors,
+                },
+            )
         return report
 
     # -- internals ---------------------------------------------------------------------------
@@ -242,18 +265,44 @@ class StatusPoller:
         try:
             observation = observation_from(body, fallback_time=self._clock.now())
         except ValueError as exc:
-            log.warning("fax %d: unusable status from mintfax: %s", target.id, exc)
+            log.warning(
+                "fax %d: unusable status from mintfax: %s",
+                target.id,
+                exc,
+                extra={
+                    "action": "poll.unusable",
+                    "fax_id": target.id,
+                    "mintfax_fax_id": target.mintfax_fax_id,
+                },
+            )
             self._schedule(target)
             return "ignored"
         if observation.mintfax_fax_id != target.mintfax_fax_id:
-            log.warning("fax %d: mintfax answered about another fax id", target.id)
+            log.warning(
+                "fax %d: mintfax answered about another fax id",
+                target.id,
+                extra={
+                    "action": "poll.other_fax",
+                    "fax_id": target.id,
+                    "mintfax_fax_id": target.mintfax_fax_id,
+                },
+            )
             self._schedule(target)
             return "ignored"
         with self._engine.begin() as conn:
             outcome = self._reconciler.apply_observation(conn, observation)
             self._schedule_in(conn, target)
         if outcome == "ignored":  # the transition knows no such status
-            log.warning("fax %d: unknown mintfax status %r", target.id, observation.status)
+            log.warning(
+                "fax %d: unknown mintfax status %r",
+                target.id,
+                observation.status,
+                extra={
+                    "action": "poll.unknown_status",
+                    "fax_id": target.id,
+                    "mintfax_fax_id": target.mintfax_fax_id,
+                },
+            )
         return outcome
 
     def _not_found(self, target: repository.PollTarget, exc: MintfaxError) -> None:

@@ -125,7 +125,10 @@ class ProviderLimit:
         except Exception as exc:  # never lose the answer that carried the header
             self._quiet_until = time.monotonic() + self.retry_seconds
             log.warning(
-                "could not follow mintfax's rate limit of %s/min: %s", limit, type(exc).__name__
+                "could not follow mintfax's rate limit of %s/min: %s",
+                limit,
+                type(exc).__name__,
+                extra={"action": "provider_limit.follow_failed"},
             )
 
     def follow(self, limit: int) -> None:
@@ -160,6 +163,7 @@ class ProviderLimit:
                 limit,
                 min(limit, configured),
                 configured,
+                extra={"action": "provider_limit.lowered"},
             )
         self._alerter.deliver(self._engine, [alert_id] if alert_id else [])
 
@@ -180,5 +184,9 @@ class ProviderLimit:
         try:
             return self._throttle.restore_provider_limit(episode[1])
         except FleetStateUnavailable as exc:
-            log.warning("could not restore mintfax's rate limit in Redis: %s", exc)
+            log.warning(
+                "could not restore mintfax's rate limit in Redis: %s",
+                exc,
+                extra={"action": "provider_limit.restore_failed"},
+            )
             return None

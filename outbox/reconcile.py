@@ -128,10 +128,17 @@ class Reconciler:
             # The pause ended in Postgres (the truth) before the Redis mirror failed; beat's
             # mirror sync heals that. An error here would make mintfax resend the event, which
             # is then a duplicate and does nothing.
-            log.warning("balance topped up; the pause mirror is stale until beat heals it: %s", exc)
+            log.warning(
+                "balance topped up; the pause mirror is stale until beat heals it: %s",
+                exc,
+                extra={"action": "balance.topup_mirror_stale"},
+            )
             return
         if ended:
-            log.info("balance topped up: the fleet's balance pause ended")
+            log.info(
+                "balance topped up: the fleet's balance pause ended",
+                extra={"action": "balance.topup_resumed"},
+            )
 
     def apply_observation(self, conn: Connection, observation: FaxObservation) -> EventResult:
         """Apply one observation (a poll, a lookup) in the caller's transaction."""

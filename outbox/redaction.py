@@ -63,6 +63,31 @@ def mask_secret(value: str) -> str:
     return prefix + _STARS
 
 
+# In free text (a log message, an exception's text): a `+` and 7 to 15 digits, possibly spaced
+# or dashed; and the secrets whose kind prefix we know (API keys, webhook signing secrets),
+# a bearer token, a URL's password.
+_NUMBER_IN_TEXT = re.compile(r"\+[1-9][0-9 ().-]{6,20}[0-9]")
+_SECRET_IN_TEXT = re.compile(
+    r"\b(?:fx|mfx)_(?:test|live|acct)_[A-Za-z0-9_-]+|\bwhsec_[A-Za-z0-9_+/=-]+"
+)
+_BEARER_IN_TEXT = re.compile(r"(?i)\b(bearer)\s+[A-Za-z0-9._~+/=-]+")
+_URL_PASSWORD_IN_TEXT = re.compile(r"(://[^/\s:@]*):[^/\s@]+@")
+
+
+def mask_text(text: str) -> str:
+    """`text` with every phone number and every recognisable secret in it masked.
+
+    The last line of defence of the log formatter (`outbox.logs`): call sites mask what they
+    log already, this catches what slipped through (an exception's text, a URL).
+    """
+    if not isinstance(text, str):
+        return _UNPARSEABLE
+    text = _NUMBER_IN_TEXT.sub(lambda m: mask_number(m.group(0)), text)
+    text = _BEARER_IN_TEXT.sub(lambda m: f"{m.group(1)} {_STARS}", text)
+    text = _SECRET_IN_TEXT.sub(lambda m: mask_secret(m.group(0)), text)
+    return _URL_PASSWORD_IN_TEXT.sub(lambda m: f"{m.group(1)}:***@", text)
+
+
 def _looks_like_a_number(text: str) -> bool:
     # Digits plus the punctuation people write numbers with; anything else (words, e-mail
     # addresses) is not a number and is hidden entirely.

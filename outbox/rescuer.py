@@ -70,6 +70,10 @@ class LeaseRescuer:
             self._alerter.deliver(self._engine, alert_ids)
             rescued_total += len(rescued)
             if rescued:
-                log.warning("rescued %d row(s) with expired leases", len(rescued))
+                log.warning(
+                    "rescued %d row(s) with expired leases",
+                    len(rescued),
+                    extra={"action": "rescue.rescued", "rescued": len(rescued)},
+                )
             if len(rescued) < self.batch_size:
                 return rescued_total

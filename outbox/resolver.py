@@ -110,7 +110,12 @@ class UnknownOutcomeResolver:
         try:
             faxes = self._client.find_faxes(idempotency_key=row.idempotency_key, to=row.to_number)
         except MintfaxError as exc:
-            log.warning("fax %s: lookup at mintfax failed (%s); later again", row.id, exc)
+            log.warning(
+                "fax %s: lookup at mintfax failed (%s); later again",
+                row.id,
+                exc,
+                extra={"action": "resolve.lookup_failed", "fax_id": row.id},
+            )
             return replace(report, looked_up=looked, left=report.left + 1)
         match = _match(faxes, row)
         with self._engine.begin() as conn:
@@ -126,7 +131,16 @@ class UnknownOutcomeResolver:
                 if attached and observation is not None:
                     self._reconciler.apply_observation(conn, observation)
                 if attached:
-                    log.info("fax %s: found at mintfax as %s", row.id, match["id"])
+                    log.info(
+                        "fax %s: found at mintfax as %s",
+                        row.id,
+                        match["id"],
+                        extra={
+                            "action": "resolve.found",
+                            "fax_id": row.id,
+                            "mintfax_fax_id": str(match["id"]),
+                        },
+                    )
                     return replace(report, looked_up=looked, found=report.found + 1)
                 return replace(report, looked_up=looked)
             if (
@@ -134,7 +148,11 @@ class UnknownOutcomeResolver:
                 and self._window_open(row)
                 and repository.resend_unknown(conn, row.id, now=sql_now(self._clock))
             ):
-                log.info("fax %s: mintfax has no such fax; sending again (same key)", row.id)
+                log.info(
+                    "fax %s: mintfax has no such fax; sending again (same key)",
+                    row.id,
+                    extra={"action": "resolve.resend", "fax_id": row.id},
+                )
                 return replace(report, looked_up=looked, resent=report.resent + 1)
         return replace(report, looked_up=looked, left=report.left + 1)
 

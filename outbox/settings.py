@@ -54,6 +54,7 @@ MAX_INLINE_WAIT_SECONDS = 1.0
 LEASE_MARGIN_SECONDS = 2.0
 
 Environment = Literal["sandbox", "production"]
+_LEVELS = ("debug", "info", "warning", "error")
 
 
 def sqlalchemy_url(url: str) -> str:
@@ -182,6 +183,14 @@ class Settings(BaseSettings):
     zero_footprint: bool = Field(default=False, validation_alias="FAXOUT_ZERO_FOOTPRINT")
     # Also ask mintfax to delete its copy (DELETE /v1/fax/{id}) once our bytes are gone.
     delete_at_mintfax: bool = Field(default=False, validation_alias="FAXOUT_DELETE_AT_MINTFAX")
+    # --- logs (outbox/logs.py) ---
+    # One line per event: "json" (one object per line) or "text".
+    log_format: Literal["text", "json"] = Field(
+        default="text", validation_alias="FAXOUT_LOG_FORMAT"
+    )
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        default="INFO", validation_alias="FAXOUT_LOG_LEVEL"
+    )
     # --- liveness (outbox/liveness.py) ---
     # How often the relay, beat, workers and webhook receivers publish a heartbeat.
     heartbeat_seconds: float = Field(
@@ -264,6 +273,13 @@ class Settings(BaseSettings):
                 "deleted once ours is",
             )
         return self
+
+    @field_validator("log_format", "log_level", mode="before")
+    @classmethod
+    def _case_insensitive(cls, value: Any) -> Any:
+        if not isinstance(value, str):
+            return value
+        return value.strip().upper() if value.strip().lower() in _LEVELS else value.strip().lower()
 
     @field_validator("mintfax_api_key", mode="before")
     @classmethod
@@ -392,6 +408,18 @@ def environment_from_env(environ: Mapping[str, str] | None = None) -> Environmen
     return Settings.from_env({name: source[name]} if name in source else {}).environment
 
 
+def log_settings_from_env(
+    environ: Mapping[str, str] | None = None,
+) -> tuple[Literal["text", "json"], str]:
+    """(`FAXOUT_LOG_FORMAT`, `FAXOUT_LOG_LEVEL`) alone, validated as `Settings` does; for a
+    process that sets up its logs before (or without) its other settings being valid. An
+    invalid value raises `ConfigurationError` naming it."""
+    source = os.environ if environ is None else environ
+    names = ("FAXOUT_LOG_FORMAT", "FAXOUT_LOG_LEVEL")
+    settings = Settings.from_env({n: source[n] for n in names if n in source})
+    return settings.log_format, settings.log_level
+
+
 def _warn_if_readable_by_others(path: Path, mode: int) -> None:
     if mode & (stat.S_IRGRP | stat.S_IROTH):
         _warn_key_file_mode(path, mode)
@@ -406,6 +434,7 @@ def _warn_key_file_mode(path: Path, mode: int) -> None:
         "the API key should be readable by its owner only (chmod 600)",
         path,
         oct(mode),
+        extra={"action": "settings.key_file_mode"},
     )
 
 

@@ -175,7 +175,12 @@ def _submit(ctx: SubmitContext, conn: Connection, fax_id: int) -> Outcome:
     except FleetStateUnavailable as exc:
         # Nobody may call mintfax without the throttle. Nothing was attempted, so the row is
         # given back (for as long as the table says) without an attempt in the log.
-        log.warning("fax %s: %s; retrying soon", claimed.id, exc)
+        log.warning(
+            "fax %s: %s; retrying soon",
+            claimed.id,
+            exc,
+            extra={"action": "submit.retry_soon", "fax_id": claimed.id},
+        )
         decision = decide(now, claimed.attempts, exc, ctx.policy, ctx.rng)
         if isinstance(decision, RetryAt):
             return _release(ctx, conn, claimed, decision.at, decision.outcome)
@@ -192,7 +197,11 @@ def _submit(ctx: SubmitContext, conn: Connection, fax_id: int) -> Outcome:
             need=ctx.http_timeout,
         )
     if may_post is None:  # rescued (and perhaps cancelled) while it waited: not ours to send
-        log.warning("fax %s: lease lost before the POST; not sent", claimed.id)
+        log.warning(
+            "fax %s: lease lost before the POST; not sent",
+            claimed.id,
+            extra={"action": "submit.lease_lost", "fax_id": claimed.id},
+        )
         return Outcome.LEASE_LOST
     if not may_post:  # too little lease left for the request: give it back, unsent
         return _release(ctx, conn, claimed, ctx.clock.now(), Outcome.THROTTLED)
@@ -212,7 +221,12 @@ def _submit(ctx: SubmitContext, conn: Connection, fax_id: int) -> Outcome:
         return _fail(ctx, conn, claimed, exc, started=started, duration_ms=duration_ms, posted=True)
     except Exception as exc:  # a bug must not leave the row in `sending` (invariant 3)
         # Only the type is logged: the exception's text could hold anything, a key included.
-        log.error("fax %s: unexpected %s while sending", claimed.id, type(exc).__name__)
+        log.error(
+            "fax %s: unexpected %s while sending",
+            claimed.id,
+            type(exc).__name__,
+            extra={"action": "submit.unexpected_error", "fax_id": claimed.id},
+        )
         duration_ms = max(0, int((ctx.monotonic() - t0) * 1000))
         error = UnexpectedError(exc)
         return _fail(
@@ -507,6 +521,11 @@ def _record_lost_lease_post(
         plan.outcome,
         f", mintfax fax {fax_id}" if fax_id else "",
         "applied to the waiting row" if adopted else "logged",
+        extra={
+            "action": "submit.lease_lost_during_post",
+            "fax_id": claimed.id,
+            "mintfax_fax_id": fax_id,
+        },
     )
     return plan.outcome if adopted else Outcome.LEASE_LOST
 
@@ -548,4 +567,13 @@ def _log_outcome(claimed: ClaimedFax, plan: _Plan, duration_ms: int) -> None:
             plan.outcome,
             claimed.attempts + 1,
             duration_ms,
+            extra={
+                "action": f"submit.{plan.outcome}",
+                "fax_id": claimed.id,
+                "mintfax_fax_id": plan.values.get("mintfax_fax_id"),
+                "attempt": claimed.attempts + 1,
+                "duration_ms": duration_ms,
+                "http_status": plan.http_status,
+                "request_id": plan.request_id,
+            },
         )

@@ -23,12 +23,13 @@ from celery import Celery, signals
 from outbox.alerts import Alerter
 from outbox.balance_watch import BalanceWatch
 from outbox.errors import ConfigurationError
+from outbox.logs import configure_logging
 from outbox.pause import FleetControl
 from outbox.poller import StatusPoller
 from outbox.rescuer import LeaseRescuer
 from outbox.resolver import UnknownOutcomeResolver
 from outbox.retention import RetentionPolicy
-from outbox.settings import Settings
+from outbox.settings import Settings, log_settings_from_env
 from workers import heartbeat
 from workers.runtime import Runtime
 
@@ -154,6 +155,25 @@ def _configure_on_first_use(sender: Celery, **_: Any) -> None:
 @signals.worker_process_shutdown.connect
 def _close_runtime(**_: Any) -> None:
     Runtime.close()
+
+
+# Logs (outbox/logs.py): a receiver of `setup_logging` replaces Celery's own setup, so workers
+# and beat write the same lines as every other process. Celery's `-l` sets the level of its
+# own and the libraries' lines; FAXOUT_LOG_LEVEL that of fax-outbox's.
+@signals.setup_logging.connect
+def _configure_logging(loglevel: int | None = None, **_: Any) -> None:
+    settings = Runtime.configured_settings()
+    try:
+        log_format, level = (
+            (settings.log_format, settings.log_level)
+            if settings is not None
+            else log_settings_from_env()
+        )
+    except ConfigurationError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    role = "beat" if "beat" in sys.argv[1:] else "worker"
+    configure_logging(log_format, level, role=role, root_level=loglevel or logging.WARNING)
 
 
 # Liveness (outbox/liveness.py): the worker node's parent process and beat publish heartbeats

@@ -306,9 +306,7 @@ def alive(
     role: Annotated[str, typer.Argument(help="relay, beat, worker or webhooks.")],
     max_age: Annotated[
         float | None,
-        typer.Option(
-            "--max-age", help="Seconds (default: 3 x FAXOUT_HEARTBEAT_SECONDS).", min=0.1
-        ),
+        typer.Option("--max-age", help="Seconds (default: 3 x FAXOUT_HEARTBEAT_SECONDS).", min=0.1),
     ] = None,
     anywhere: Annotated[
         bool, typer.Option("--anywhere", help="A process on any host, not only this one.")
@@ -424,7 +422,7 @@ def relay(
 
     settings = load_settings()
     _require(settings.require_database_url, settings.require_redis_url)
-    _configure_logging()
+    _configure_logging("relay")
     relay_process.main(settings, poll_interval=poll_interval)
 
 
@@ -484,12 +482,22 @@ def _operator() -> str:
     return f"operator:{getpass.getuser()}@{socket.gethostname()}"
 
 
-def _configure_logging() -> None:
-    import logging
+def _configure_logging(role: str | None = None, *, level: str | None = None) -> None:
+    """The process's log lines (`outbox.logs`), as FAXOUT_LOG_FORMAT / FAXOUT_LOG_LEVEL say;
+    `role` defaults to the command's name (`relay`, `admin`)."""
+    import click
 
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    from outbox.logs import configure_logging
+    from outbox.settings import log_settings_from_env
+
+    try:
+        log_format, log_level = log_settings_from_env()
+    except ConfigurationError as exc:
+        _fail([str(exc)])
+    if role is None:
+        ctx = click.get_current_context(silent=True)
+        role = ctx.info_name if ctx is not None and ctx.info_name else "cli"
+    configure_logging(log_format, level or log_level, role=role)
 
 
 @app.command(
@@ -533,7 +541,7 @@ def webhooks_serve(
     from workers.runtime import Runtime
     from workers.webhooks import create_receiver, serve
 
-    _configure_logging()
+    _configure_logging("webhooks")
     runtime = Runtime(settings)
     secrets = settings.mintfax_webhook_secrets
     from outbox.fleet_status import WebhookCounters
@@ -674,6 +682,12 @@ def admin_serve(
 
 def main() -> None:
     """Console-script entry point."""
+    # Operators' commands log warnings only (their output is the answer); the long-running
+    # ones (relay, receivers) set their own level when they start.
+    try:
+        _configure_logging("cli", level="WARNING")
+    except typer.Exit as bad:  # an invalid FAXOUT_LOG_FORMAT / _LEVEL, already said
+        sys.exit(bad.exit_code)
     try:
         app()
     except FaxOutboxError as exc:  # anything not handled by a command: one clear line

@@ -58,17 +58,26 @@ def run_relay(settings: Settings, stop: threading.Event, *, poll_interval: float
             try:
                 with psycopg.connect(url, autocommit=True) as listener:
                     listener.execute(f"LISTEN {NOTIFY_CHANNEL}")
-                    log.info("relay listening on %s", NOTIFY_CHANNEL)
+                    log.info(
+                        "relay listening on %s", NOTIFY_CHANNEL, extra={"action": "relay.listening"}
+                    )
                     backoff = 0.5
                     _loop(dispatcher, listener, stop, poll_interval, pulse)
             except (psycopg.OperationalError, OSError) as exc:
-                log.warning("relay lost the database (%s); retrying in %.1fs", exc, backoff)
+                log.warning(
+                    "relay lost the database (%s); retrying in %.1fs",
+                    exc,
+                    backoff,
+                    extra={"action": "relay.database_lost"},
+                )
                 stop.wait(backoff)
                 backoff = min(backoff * 2, 10.0)
             except Exception:
                 # Broker or anything else: rows already marked are republished after the
                 # redispatch delay, so the relay only has to stay alive and try again.
-                log.exception("relay error; retrying in %.1fs", backoff)
+                log.exception(
+                    "relay error; retrying in %.1fs", backoff, extra={"action": "relay.error"}
+                )
                 stop.wait(backoff)
                 backoff = min(backoff * 2, 10.0)
     finally:
@@ -104,11 +113,13 @@ def main(settings: Settings, *, poll_interval: float = 0.5) -> None:
     stop = threading.Event()
 
     def _stop(signum: int, frame: FrameType | None) -> None:
-        log.info("relay stopping (signal %d)", signum)
+        log.info("relay stopping (signal %d)", signum, extra={"action": "relay.stopping"})
         stop.set()
 
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
     started = time.monotonic()
     run_relay(settings, stop, poll_interval=poll_interval)
-    log.info("relay stopped after %.0fs", time.monotonic() - started)
+    log.info(
+        "relay stopped after %.0fs", time.monotonic() - started, extra={"action": "relay.stopped"}
+    )

@@ -64,7 +64,12 @@ def create_receiver(
         try:
             await run_in_threadpool(count, what)
         except Exception as exc:  # a metric is not worth a 503: mintfax would resend
-            log.debug("webhook counter %s not counted: %s", what, type(exc).__name__)
+            log.debug(
+                "webhook counter %s not counted: %s",
+                what,
+                type(exc).__name__,
+                extra={"action": "webhook.counter_failed"},
+            )
 
     async def receive(request: Request) -> JSONResponse:
         try:
@@ -72,14 +77,23 @@ def create_receiver(
             event = verify_webhook(body, request.headers, secrets(), clock())
         except WebhookRefused as refused:
             client = request.client.host if request.client else "?"
-            log.warning("webhook refused (%d) from %s: %s", refused.status, client, refused.reason)
+            log.warning(
+                "webhook refused (%d) from %s: %s",
+                refused.status,
+                client,
+                refused.reason,
+                extra={"action": "webhook.refused", "http_status": refused.status},
+            )
             await tally(f"refused_{refused.status}")
             return JSONResponse(
                 {"ok": False, "error": _GENERIC_ERRORS.get(refused.status, "refused")},
                 status_code=refused.status,
             )
         except ClientDisconnect:  # mintfax gave up mid-body; it retries the whole event
-            log.info("webhook sender disconnected before the body was read")
+            log.info(
+                "webhook sender disconnected before the body was read",
+                extra={"action": "webhook.disconnected"},
+            )
             return JSONResponse({"ok": False, "error": "bad_request"}, status_code=400)
         try:
             result = await run_in_threadpool(handle, event)
@@ -90,10 +104,35 @@ def create_receiver(
                 event.event_id,
                 event.event_type,
                 type(exc).__name__,
+                extra={
+                    "action": "webhook.not_applied",
+                    "event_id": event.event_id,
+                    "mintfax_fax_id": event.mintfax_fax_id,
+                },
             )
-            log.debug("webhook %s failure", event.event_id, exc_info=True)
+            log.debug(
+                "webhook %s failure",
+                event.event_id,
+                exc_info=True,
+                extra={
+                    "action": "webhook.failure",
+                    "event_id": event.event_id,
+                    "mintfax_fax_id": event.mintfax_fax_id,
+                },
+            )
             return JSONResponse({"ok": False, "error": "unavailable"}, status_code=503)
-        log.debug("webhook %s (%s): %s", event.event_id, event.event_type, result)
+        log.debug(
+            "webhook %s (%s): %s",
+            event.event_id,
+            event.event_type,
+            result,
+            extra={
+                "action": "webhook.applied",
+                "event_id": event.event_id,
+                "mintfax_fax_id": event.mintfax_fax_id,
+                "result": result,
+            },
+        )
         if result == "duplicate":
             await tally("duplicate")
         return JSONResponse({"ok": True, "result": result})
