@@ -484,7 +484,7 @@ def _operator() -> str:
 
 def _configure_logging(role: str | None = None, *, level: str | None = None) -> None:
     """The process's log lines (`outbox.logs`), as FAXOUT_LOG_FORMAT / FAXOUT_LOG_LEVEL say;
-    `role` defaults to the command's name (`relay`, `admin`)."""
+    `role` defaults to the command's first word (`admin` for `faxout admin serve`)."""
     import click
 
     from outbox.logs import configure_logging
@@ -496,7 +496,8 @@ def _configure_logging(role: str | None = None, *, level: str | None = None) -> 
         _fail([str(exc)])
     if role is None:
         ctx = click.get_current_context(silent=True)
-        role = ctx.info_name if ctx is not None and ctx.info_name else "cli"
+        words = ctx.command_path.split() if ctx is not None else []
+        role = words[1] if len(words) > 1 else "cli"
     configure_logging(log_format, level or log_level, role=role)
 
 
