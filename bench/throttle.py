@@ -1,6 +1,7 @@
 """Measure the fleet throttle on a real Redis: achieved rate and the busiest sliding window.
 
     python bench/throttle.py --limit 1200 --processes 4 --threads 2 --seconds 10
+    python bench/throttle.py --limit 1200 --provider-limit 600   # mintfax's lower figure followed
 
 Uses `REDIS_URL` when set (DB index included), otherwise starts the embedded Redis. Every
 grant is timed by the Redis clock the script decided it with, so the numbers are exact.
@@ -37,16 +38,22 @@ def saturate(
     seconds: float = 10.0,
     start_delay: float = 2.0,
     key_prefix: str = KEY_PREFIX,
+    provider_limit: int | None = None,
 ) -> list[list[int]]:
     """Workers in `processes` spawned processes x `threads` threads take tokens flat out for
     `seconds`, each sleeping what the throttle answers; returns, per process, the Redis time
     (µs) of every grant, as the script decided it.
 
     The run starts `start_delay` seconds from now, so every process is up and connected first,
-    from an idle bucket.
+    from an idle bucket. With `provider_limit`, the bucket follows that lower figure of mintfax's
+    (outbox/provider_limit.py), as a fleet does once an answer has taught it.
     """
     client = redis.Redis.from_url(redis_url)
-    client.delete(*FleetThrottle(client, limit, burst=burst, key_prefix=key_prefix).keys)
+    throttle = FleetThrottle(client, limit, burst=burst, key_prefix=key_prefix)
+    client.delete(*throttle.keys, throttle.provider_limit_key)
+    if provider_limit is not None:
+        throttle.follow_provider_limit(provider_limit)
+        client.delete(*throttle.keys)  # an idle bucket all the same
     client.close()
     start_at = time.time() + start_delay
     job = (redis_url, limit, burst, key_prefix, threads, start_at, start_at + seconds)
@@ -105,15 +112,19 @@ def run(redis_url: str, args: argparse.Namespace) -> None:
         processes=args.processes,
         threads=args.threads,
         seconds=args.seconds,
+        provider_limit=args.provider_limit,
     )
     grants = sorted(g for worker in results for g in worker)
-    throttle = FleetThrottle(redis.Redis.from_url(redis_url), args.limit, burst=args.burst)
+    limit = min(args.limit, args.provider_limit or args.limit)
+    throttle = FleetThrottle(redis.Redis.from_url(redis_url), limit, burst=args.burst)
     interval, slack = throttle.emission_interval, throttle.slack_seconds
     achieved = per_minute(grants)
-    print(f"limit {args.limit}/min, burst {args.burst}, interval {interval:.6f} s")
+    if limit < args.limit:
+        print(f"configured {args.limit}/min, mintfax's {limit}/min followed")
+    print(f"limit {limit}/min, burst {args.burst}, interval {interval:.6f} s")
     print(f"{args.processes} processes x {args.threads} threads, {args.seconds:.0f} s")
     print(f"grants: {len(grants)} ({[len(w) for w in results]} per process)")
-    print(f"achieved: {achieved:.1f}/min = {achieved / args.limit:.2%} of the limit")
+    print(f"achieved: {achieved:.1f}/min = {achieved / limit:.2%} of the limit")
     for window in (1, 10, 60):
         if window <= args.seconds:
             busiest = busiest_window(grants, window * 1_000_000)
@@ -128,6 +139,9 @@ def main() -> None:
     parser.add_argument("--processes", type=int, default=4)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument(
+        "--provider-limit", type=int, default=None, help="mintfax's lower limit, followed"
+    )
     args = parser.parse_args()
     if os.environ.get("REDIS_URL"):
         run(os.environ["REDIS_URL"], args)
