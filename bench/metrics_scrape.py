@@ -43,7 +43,13 @@ from sqlalchemy import Engine, text
 
 from outbox import repository
 from outbox.db import make_engine
-from outbox.fleet_status import LATENCY_BUCKETS, FleetSnapshot, redis_figures, take_snapshot
+from outbox.fleet_status import (
+    LATENCY_BUCKETS,
+    LATENCY_WINDOW_SECONDS,
+    FleetSnapshot,
+    redis_figures,
+    take_snapshot,
+)
 from outbox.settings import libpq_url
 from workers.admin import FleetCollector
 from workers.dashboard import render_dashboard
@@ -148,7 +154,12 @@ def _statements() -> dict[str, tuple[str, dict[str, Any]]]:
         "event_counts": ("SELECT outcome, count(*) FROM fax_events GROUP BY 1", {}),
         "latency_counts": (
             str(repository._LATENCY.text),
-            {"n": len(LATENCY_BUCKETS), "negated": [-b for b in reversed(LATENCY_BUCKETS)]},
+            {
+                "n": len(LATENCY_BUCKETS),
+                "negated": [-b for b in reversed(LATENCY_BUCKETS)],
+                "now": None,
+                "window": LATENCY_WINDOW_SECONDS,
+            },
         ),
         "per_minute": (str(repository._LAST_HOUR.text), {"now": None, "minutes": 60}),
         "rows_to_look_at": (str(repository._ROWS_TO_LOOK_AT.text), {"limit": 20}),
