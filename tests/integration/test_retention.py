@@ -611,3 +611,19 @@ def test_the_final_moment_is_set_by_the_transition(engine: Engine) -> None:
         row = repository.fax_row(conn, fax_id)
         now = repository.database_now(conn)
     assert row is not None and row["final_at"] == now
+
+
+def test_a_downgrade_past_retention_is_refused_while_bytes_are_gone(engine: Engine) -> None:
+    from outbox import schema
+
+    fax_id = _one(engine, "cancelled")
+    RetentionService(engine, database_clock(engine), RetentionPolicy(document_age=0)).run_once()
+    with pytest.raises(RuntimeError, match="removed by retention"):
+        schema.downgrade(engine, "0009_polling")
+    with engine.connect() as conn:  # nothing half-done: the downgrade was one transaction
+        assert schema.current_revision(engine) == schema.head_revision(engine)
+        assert repository.fax_row(conn, fax_id) is not None
+    with engine.begin() as conn:
+        conn.execute(text("DELETE FROM fax_outbox WHERE id = :id"), {"id": fax_id})
+    schema.downgrade(engine, "0009_polling")
+    schema.upgrade(engine)
