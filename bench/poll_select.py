@@ -14,9 +14,9 @@ small documents), then `VACUUM ANALYZE`d.
 Timed, per statement, in a transaction of its own on the same SQLAlchemy engine (begin,
 statement, commit, as a polling pass takes its rows):
 
-- poller: `outbox.repository.claim_for_poll(now=None, poll_after=600, hold=300, limit=n)`,
-  the statement `StatusPoller.run_once` runs (database clock), which takes the due rows and
-  moves their `next_poll_at` forward;
+- poller: `outbox.repository.due_polls(now=None, poll_after=600, limit=n)`, the statement
+  `StatusPoller.run_once` runs (database clock): it takes the fleet's one polling pass (an
+  advisory lock) and reads the due rows of both kinds, writing nothing;
 - plain: `SELECT id, mintfax_fax_id, poll_attempts FROM fax_outbox WHERE status = 'submitted'
   AND next_poll_at <= now() ORDER BY next_poll_at, id LIMIT n`, on the same partial index
   (`fax_outbox_poll_due_idx`), reading the same rows and changing nothing;
@@ -24,7 +24,7 @@ statement, commit, as a polling pass takes its rows):
   `UPDATE ... WHERE id IN (SELECT ... FOR UPDATE SKIP LOCKED) RETURNING`, to tell what any
   statement that takes rows costs from what the poller's own statement adds.
 
-After each poller or plain-claim statement, outside the timing, the rows it took get their
+After each plain-claim statement, outside the timing, the rows it took get their
 `next_poll_at` back, so every round selects the same rows from the same index state; each
 round checks that all three returned the same ids. Rounds interleave (the first statement
 rotates); n is each of `--limits` (default 10, 100, 1000; the poller's own burst is
@@ -55,7 +55,7 @@ RATIO_TARGET = 1.5
 SUBMITTED = 100_000
 FRESH = 1_000  # submitted within the last FRESH_WINDOW seconds, not polled yet
 FRESH_WINDOW = 300.0  # < FAXOUT_POLL_AFTER_SECONDS (600): none old enough to be polled
-HOLD = 300.0  # StatusPoller.hold_seconds
+HOLD = 300.0  # the plain claim's hold
 INDEX = "fax_outbox_poll_due_idx"
 
 _LOAD_FINAL = """
@@ -169,16 +169,16 @@ class Selections:
             conn.execute(_RESTORE, {"ids": ids, "ats": [schedule[i] for i in ids]})
 
     def poller(self, limit: int, schedule: dict[int, Any]) -> None:
-        targets = self._timed(
-            "poller",
-            limit,
-            lambda conn: repository.claim_for_poll(
-                conn, now=None, poll_after=DEFAULT_POLL_AFTER_SECONDS, hold=HOLD, limit=limit
-            ),
-        )
-        ids = [t.id for t in targets]
-        self._restore(ids, schedule)
-        self.seen["poller"] = sorted(ids)
+        def choose(conn: Connection) -> list[repository.PollTarget]:
+            targets = repository.due_polls(
+                conn, now=None, poll_after=DEFAULT_POLL_AFTER_SECONDS, limit=limit
+            )
+            if targets is None:
+                raise RuntimeError("another polling pass holds the lock")
+            return targets
+
+        targets = self._timed("poller", limit, choose)
+        self.seen["poller"] = sorted(t.id for t in targets)
 
     def plain(self, limit: int, schedule: dict[int, Any]) -> None:
         rows = self._timed(
@@ -236,12 +236,10 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         sel = Selections(url)
         mismatches = 0
         try:
-            # The statement `claim_for_poll` runs, verbatim, with the poller's parameters.
-            params = {"now": None, "poll_after": DEFAULT_POLL_AFTER_SECONDS, "hold": HOLD}
+            # The statement `due_polls` runs, verbatim, with the poller's parameters.
+            params = {"now": None, "poll_after": DEFAULT_POLL_AFTER_SECONDS}
             plans = {
-                "poller": sel.explain(
-                    str(repository._CLAIM_FOR_POLL.text), {**params, "limit": 100}
-                ),
+                "poller": sel.explain(str(repository._DUE_POLLS.text), {**params, "limit": 100}),
                 "plain": sel.explain(str(_PLAIN_SELECT.text), {"limit": 100}),
             }
             for limit in args.limits:
@@ -338,7 +336,7 @@ def table(result: dict[str, Any]) -> str:
         f"target: poller <= {RATIO_TARGET}x the plain select per polled row at every n: worst "
         f"{result['worst_ratio']:.2f}x ({'met' if result['met'] else 'NOT met'})",
         "",
-        "EXPLAIN (ANALYZE, BUFFERS) of claim_for_poll, n=100 (rolled back):",
+        "EXPLAIN (ANALYZE, BUFFERS) of due_polls, n=100:",
         result["explain"]["poller"],
         "",
         "EXPLAIN (ANALYZE, BUFFERS) of the plain select, n=100:",

@@ -425,13 +425,20 @@ metric_tallies = Table(
 
 
 # --- status polling and balance watch (migration 0009) ---
-# Status polling walks this index and nothing else: never-polled rows (next_poll_at IS NULL)
-# and rows whose next poll is due, among the accepted rows without a final state.
+# Status polling walks these two indexes and nothing else, among the accepted rows without a
+# final state: rows whose next poll is due, and never-polled rows by acceptance time (0014).
 Index(
     "fax_outbox_poll_due_idx",
     fax_outbox.c.next_poll_at,
     fax_outbox.c.id,
     postgresql_where=text("status = 'submitted'"),
+)
+Index(
+    "fax_outbox_poll_fresh_idx",
+    fax_outbox.c.submitted_at,
+    fax_outbox.c.id,
+    postgresql_include=["mintfax_fax_id", "poll_attempts"],
+    postgresql_where=text("status = 'submitted' AND next_poll_at IS NULL"),
 )
 # mintfax's balance as the balance watch read it (recent readings only); `low_since` names the
 # low-balance episode a reading belongs to (NULL when the balance is not low).

@@ -124,7 +124,7 @@ class PollReport:
     polled: int = 0
     applied: int = 0
     errors: int = 0
-    skipped: str | None = None  # why the pass polled nothing: "sends", "off", "throttle"
+    skipped: str | None = None  # why the pass polled nothing: "sends", "off", "throttle", "busy"
 
 
 class StatusPoller:
@@ -133,7 +133,6 @@ class StatusPoller:
     interval = 30.0  # seconds between passes (beat's schedule)
     backoff_base = 60.0  # seconds after the first poll of a row
     backoff_cap = 3600.0  # the longest gap between two polls of a row
-    hold_seconds = 300.0  # how long a taken row is kept from other passes
     max_inline_wait = 1.0  # the longest the pass sleeps for a fleet token
     errors_in_a_row = 3  # transport errors / 5xx in a row that end a pass (mintfax is down)
 
@@ -165,26 +164,34 @@ class StatusPoller:
         self._sleep = sleep
 
     def run_once(self) -> PollReport:
-        """Poll the rows that are due, within this pass's share of the rate limit."""
+        """Poll the rows that are due, within this pass's share of the rate limit.
+
+        One pass runs at a time, fleet-wide: the pass holds a transaction-scoped advisory
+        lock while it polls (a second beat, or a pass that overran its interval, finds it taken
+        and does nothing), so the selection only reads, and a pass that dies lets go of the lock
+        with its connection, leaving its rows due for the next pass.
+        """
         if self._poll_throttle is None:
             return PollReport(skipped="off")
         now = sql_now(self._clock)
-        with self._engine.begin() as conn:
-            if repository.sends_waiting(conn, now=now, horizon=self._sends_horizon):
+        with self._engine.begin() as pass_:
+            if repository.sends_waiting(pass_, now=now, horizon=self._sends_horizon):
                 return PollReport(skipped="sends")
-            targets = repository.claim_for_poll(
-                conn,
-                now=now,
-                poll_after=self._poll_after,
-                hold=self.hold_seconds,
-                limit=self._poll_throttle.burst,
+            targets = repository.due_polls(
+                pass_, now=now, poll_after=self._poll_after, limit=self._poll_throttle.burst
             )
+            if targets is None:
+                return PollReport(skipped="busy")
+            return self._poll_all(targets)
+
+    # -- internals ---------------------------------------------------------------------------
+
+    def _poll_all(self, targets: list[repository.PollTarget]) -> PollReport:
         polled = applied = errors = in_a_row = 0
         skipped: str | None = None
-        for index, target in enumerate(targets):
+        for target in targets:
             if not self._take_tokens():
                 skipped = "throttle" if polled == 0 else None
-                self._release(targets[index:])
                 break
             polled += 1
             try:
@@ -203,7 +210,6 @@ class StatusPoller:
                     },
                 )
                 self._schedule(target)
-                self._release(targets[index + 1 :])
                 break
             except MintfaxError as exc:
                 errors += 1
@@ -215,7 +221,6 @@ class StatusPoller:
                         in_a_row,
                         extra={"action": "poll.stopped", "errors_in_a_row": in_a_row},
                     )
-                    self._release(targets[index + 1 :])
                     break
                 continue
             in_a_row = 0
@@ -235,8 +240,6 @@ class StatusPoller:
                 },
             )
         return report
-
-    # -- internals ---------------------------------------------------------------------------
 
     def _take_tokens(self) -> bool:
         assert self._poll_throttle is not None
@@ -329,10 +332,3 @@ class StatusPoller:
             target.poll_attempts + 1, base=self.backoff_base, cap=self.backoff_cap, rng=self._rng
         )
         repository.schedule_next_poll(conn, target.id, now=sql_now(self._clock), delay=delay)
-
-    def _release(self, targets: list[repository.PollTarget]) -> None:
-        if targets:
-            with self._engine.begin() as conn:
-                repository.release_poll_claims(
-                    conn, [t.id for t in targets], now=sql_now(self._clock)
-                )

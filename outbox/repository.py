@@ -15,7 +15,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import Enum
-from typing import Any
+from typing import Any, NamedTuple
 
 import psycopg
 import sqlalchemy.exc
@@ -909,39 +909,39 @@ def rejections_in_a_row(conn: Connection, *, error_code: str | None, limit: int)
 
 # --- status polling (outbox/poller.py) ---------------------------------------------------------
 
-# Rows mintfax accepted that are due a status poll, walked along `fax_outbox_poll_due_idx`
-# (next_poll_at, id) WHERE status = 'submitted': never-polled rows (next_poll_at IS NULL, a
-# range of that index bounded by what was accepted in the last FAXOUT_POLL_AFTER_SECONDS)
-# whose acceptance is old enough, and rows whose next poll is due, the longest due first (a
-# backlog of never-polled rows does not starve the others). Taking them moves
-# next_poll_at forward by :hold seconds, so a concurrent pass skips them; the pass sets the
-# real next poll after reading the fax, or gives the row back (`release_poll_claims`).
-_CLAIM_FOR_POLL = text(
+# The one polling pass of the fleet takes its rows: a transaction-scoped advisory lock (held
+# until the pass ends; `held` is false when another pass has it, and then no row is read), and
+# up to :limit rows mintfax accepted that are due a status poll, the longest due first (a
+# backlog of never-polled rows does not starve the others): rows never polled whose acceptance
+# is old enough (`fax_outbox_poll_fresh_idx`, a range ending at now - poll_after) and rows
+# whose next poll is due (`fax_outbox_poll_due_idx`, a range ending at now). It writes
+# nothing: with one pass at a time nobody else could take the rows, and the pass sets each
+# row's next poll once it has read the fax, so a pass that dies leaves its rows due.
+_DUE_POLLS = text(
     """
-    WITH fresh AS (
-        SELECT id, submitted_at + make_interval(secs => :poll_after) AS due_at FROM fax_outbox
-        WHERE status = 'submitted' AND next_poll_at IS NULL
-          AND submitted_at <= coalesce(CAST(:now AS timestamptz), now())
-                              - make_interval(secs => :poll_after)
-        ORDER BY next_poll_at, id
-        LIMIT :limit
-        FOR UPDATE SKIP LOCKED
-    ), again AS (
-        SELECT id, next_poll_at AS due_at FROM fax_outbox
-        WHERE status = 'submitted' AND next_poll_at <= coalesce(CAST(:now AS timestamptz), now())
-        ORDER BY next_poll_at, id
-        LIMIT :limit
-        FOR UPDATE SKIP LOCKED
-    ), due AS (
-        SELECT id FROM (SELECT * FROM fresh UNION ALL SELECT * FROM again) AS both_kinds
+    SELECT lock.held, due.id, due.mintfax_fax_id, due.poll_attempts
+    FROM (SELECT pg_try_advisory_xact_lock(hashtext('faxout.status_poll')) AS held) AS lock
+    LEFT JOIN LATERAL (
+        SELECT id, mintfax_fax_id, poll_attempts FROM (
+            (SELECT id, mintfax_fax_id, poll_attempts,
+                    submitted_at + make_interval(secs => :poll_after) AS due_at
+             FROM fax_outbox
+             WHERE status = 'submitted' AND next_poll_at IS NULL
+               AND submitted_at <= coalesce(CAST(:now AS timestamptz), now())
+                                   - make_interval(secs => :poll_after)
+             ORDER BY submitted_at, id
+             LIMIT :limit)
+            UNION ALL
+            (SELECT id, mintfax_fax_id, poll_attempts, next_poll_at AS due_at
+             FROM fax_outbox
+             WHERE status = 'submitted'
+               AND next_poll_at <= coalesce(CAST(:now AS timestamptz), now())
+             ORDER BY next_poll_at, id
+             LIMIT :limit)
+        ) AS both_kinds
         ORDER BY due_at, id
         LIMIT :limit
-    )
-    UPDATE fax_outbox AS f
-    SET next_poll_at = coalesce(CAST(:now AS timestamptz), now()) + make_interval(secs => :hold)
-    FROM due
-    WHERE f.id = due.id
-    RETURNING f.id, f.mintfax_fax_id, f.poll_attempts
+    ) AS due ON lock.held
     """
 )
 
@@ -960,9 +960,9 @@ _SENDS_WAITING = text(
 )
 
 
-@dataclass(frozen=True, slots=True)
-class PollTarget:
-    """A submitted row taken for one status poll."""
+class PollTarget(NamedTuple):
+    """A submitted row due a status poll (a tuple: a pass builds up to a burst of them per
+    statement, and a dataclass's constructor cost more than the statement itself)."""
 
     id: int
     mintfax_fax_id: str
@@ -974,28 +974,18 @@ def sends_waiting(conn: Connection, *, now: datetime | None, horizon: float) -> 
     return bool(conn.execute(_SENDS_WAITING, {"now": now, "horizon": horizon}).scalar_one())
 
 
-def claim_for_poll(
-    conn: Connection, *, now: datetime | None, poll_after: float, hold: float, limit: int
-) -> list[PollTarget]:
-    """Take up to `limit` submitted rows due a poll (see `_CLAIM_FOR_POLL`), for `hold` s."""
-    result = conn.execute(
-        _CLAIM_FOR_POLL, {"now": now, "poll_after": poll_after, "hold": hold, "limit": limit}
-    )
-    return [PollTarget(row_id, fax_id, polls) for row_id, fax_id, polls in result]
-
-
-def release_poll_claims(conn: Connection, ids: Sequence[int], *, now: datetime | None) -> int:
-    """Give taken rows back unpolled: due again now. Returns how many."""
-    if not ids:
-        return 0
-    result = conn.execute(
-        text(
-            "UPDATE fax_outbox SET next_poll_at = coalesce(CAST(:now AS timestamptz), now()) "
-            "WHERE id = ANY(:ids) AND status = 'submitted'"
-        ),
-        {"now": now, "ids": list(ids)},
-    )
-    return result.rowcount
+def due_polls(
+    conn: Connection, *, now: datetime | None, poll_after: float, limit: int
+) -> list[PollTarget] | None:
+    """Take the fleet's one polling pass until the transaction ends, and up to `limit` rows
+    due a status poll (see `_DUE_POLLS`); None when another pass holds it. Writes nothing."""
+    result = conn.execute(_DUE_POLLS, {"now": now, "poll_after": poll_after, "limit": limit})
+    rows = result.all()
+    if not rows[0][0]:
+        return None
+    return [
+        PollTarget(row_id, fax_id, polls) for _, row_id, fax_id, polls in rows if row_id is not None
+    ]
 
 
 def schedule_next_poll(

@@ -6,6 +6,9 @@ off; polls never take more than their share of the rate limit, and never run bef
 from __future__ import annotations
 
 import random
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -24,6 +27,7 @@ from outbox.models import alerts, fax_outbox
 from outbox.pause import FleetControl, PauseMirror
 from outbox.poller import StatusPoller, observation_from, poll_delay, poll_throttle
 from outbox.reconcile import Reconciler
+from outbox.settings import sqlalchemy_url
 from outbox.throttle import FleetThrottle
 from tests.sandbox_fixtures import SMALL_PDF, SandboxHandle
 
@@ -288,8 +292,60 @@ def test_the_selection_takes_the_longest_due_first_of_both_kinds(harness: Harnes
     with harness.engine.begin() as conn:  # polled before, due again since half an hour
         repository.schedule_next_poll(conn, again, now=harness.clock.now(), delay=-1800)
     with harness.engine.begin() as conn:
-        taken = repository.claim_for_poll(
-            conn, now=harness.clock.now(), poll_after=POLL_AFTER, hold=300, limit=4
-        )
-    assert {t.id for t in taken} == {again, *fresh[:3]}
+        taken = repository.due_polls(conn, now=harness.clock.now(), poll_after=POLL_AFTER, limit=4)
+    assert taken is not None and {t.id for t in taken} == {again, *fresh[:3]}
     assert {t.id: t.poll_attempts for t in taken}[again] == 1
+
+
+def test_one_pass_at_a_time_fleet_wide(harness: Harness) -> None:
+    fax_id = harness.send("+15005550001")
+    harness.sandbox.wait_for_fax(fax_id)
+    row_id = harness.store_submitted(fax_id)
+    with harness.engine.begin() as other_pass:  # another beat's pass, still polling
+        assert repository.due_polls(other_pass, now=None, poll_after=POLL_AFTER, limit=1)
+        assert harness.poller.run_once().skipped == "busy"
+        assert harness.reader.polls == [] and harness.rows()[row_id]["poll_attempts"] == 0
+    # That pass ended: the next one polls.
+    report = harness.poller.run_once()
+    assert (report.polled, report.applied, report.skipped) == (1, 1, None)
+    assert harness.rows()[row_id]["status"] == "delivered"
+
+
+_DYING_PASS = """
+import sys, time
+from sqlalchemy import create_engine
+from outbox import repository
+engine = create_engine(sys.argv[1])
+with engine.begin() as conn:
+    due = repository.due_polls(conn, now=None, poll_after=float(sys.argv[2]), limit=100)
+    print(" ".join(str(t.id) for t in due), flush=True)
+    time.sleep(600)  # polling, until it is killed
+"""
+
+
+def test_a_pass_killed_mid_poll_leaves_its_rows_due_for_the_next(
+    harness: Harness, database_url: str
+) -> None:
+    fax_ids = [harness.send("+15005550001") for _ in range(3)]
+    for fax_id in fax_ids:
+        harness.sandbox.wait_for_fax(fax_id)
+    # Accepted long enough ago on the database's clock too: the dying pass reads with now().
+    rows = {harness.store_submitted(fax_id, ago=POLL_AFTER * 10) for fax_id in fax_ids}
+    url = sqlalchemy_url(database_url)
+    with subprocess.Popen(
+        [sys.executable, "-c", _DYING_PASS, url, str(POLL_AFTER)], stdout=subprocess.PIPE, text=True
+    ) as dying:
+        assert dying.stdout is not None
+        assert {int(i) for i in dying.stdout.readline().split()} == rows
+        assert harness.poller.run_once().skipped == "busy"  # it holds the pass...
+        dying.kill()  # ... and is killed -9 between selecting its rows and polling them
+        dying.wait(10)
+    for _ in range(50):  # until Postgres has noticed the dead connection
+        if harness.poller.run_once().skipped != "busy":
+            break
+        time.sleep(0.1)
+    # No claim to wait out (a hold would have kept them 5 minutes): polled within seconds,
+    # as fast as the fleet throttle (1/s here) allows.
+    harness.passes(3, every=1.0)
+    assert {harness.rows()[r]["status"] for r in rows} == {"delivered"}
+    assert len(harness.reader.polls) == 3
