@@ -12,10 +12,11 @@ A fax's document is what the outbox needs to send it; once the fax is final (`de
    row, its idempotency key and fingerprint, its status and history stay, so the application
    still reads the outcome and a re-enqueue of the same intent is still the same row.
 3. **mintfax's copy** (`FAXOUT_DELETE_AT_MINTFAX`): `DELETE /v1/fax/{id}` for rows whose bytes
-   are gone; 2xx, 404 and 410 record `mintfax_deleted_at`; a 409 (not final there yet) or any
-   other refusal sends the row to the back of the queue; an error about every request (429,
-   401/403, 5xx, no connection) ends the step until the next pass. Calls take fleet-throttle
-   tokens like polls (never while sends are due, never waiting).
+   are gone; 2xx, 404 and 410 record `mintfax_deleted_at` (a 404 or 410 only once mintfax's
+   API has answered this pass: a base URL without /v1 answers 404 for every fax); a 409 (not
+   final there yet) or any other refusal sends the row to the back of the queue; an error
+   about every request (429, 401/403, 5xx, no connection) ends the step until the next pass.
+   Calls take fleet-throttle tokens like polls (never while sends are due, never waiting).
 
 Every step works in batches of one short transaction each (`FOR UPDATE SKIP LOCKED` along a
 partial index that holds only the rows due), so a pass never waits for another pass and never
@@ -61,6 +62,8 @@ class FaxDeleter(Protocol):
     """What retention needs of `outbox.fax_client.MintfaxClient`."""
 
     def delete_fax(self, fax_id: str) -> None: ...
+
+    def get_balance(self) -> object: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -248,32 +251,60 @@ class RetentionService:
                 return 0, 0  # sends first: they share the rate limit
             due = repository.mintfax_deletions_due(tx, limit=self.mintfax_batch)
         deleted = refused = 0
+        # A 404 is believed only from a client shown to reach mintfax's API in this pass: a
+        # base URL without /v1 (or a proxy) answers 404 for every fax, which must never be
+        # taken for "deleted".
+        reached_api = False
         for row_id, fax_id in due:
             if self._monotonic() >= deadline or not self._token():
                 break
+            outcome = "deleted"
             try:
                 self._client.delete_fax(fax_id)
+                reached_api = True
             except MintfaxError as exc:
-                if isinstance(exc, RequestRejected) and exc.status_code in _GONE:
-                    pass  # nothing left there: as good as deleted
-                elif _about_this_fax(exc):
-                    refused += 1
-                    self._postpone(row_id, fax_id, exc)
-                    continue
-                else:
-                    # Wrong for every request (429, 401/403, 5xx, no connection): next pass.
-                    if isinstance(exc, RateLimited) and self._throttle is not None:
-                        self._throttle.cooldown(exc.retry_after)
-                    log.warning(
-                        "retention: deletions at mintfax stopped until the next pass: %s",
-                        exc,
-                        extra={"action": "retention.mintfax_stopped", "fax_id": row_id,
-                               "mintfax_fax_id": fax_id},
-                    )  # fmt: skip
-                    break
+                outcome, reached_api = self._after_refusal(row_id, fax_id, exc, reached_api)
+            if outcome == "stop":
+                break
+            if outcome == "refused":
+                refused += 1
+                continue
             with self._engine.begin() as tx:
                 deleted += repository.mark_mintfax_deleted(tx, row_id, now=sql_now(self._clock))
         return deleted, refused
+
+    def _after_refusal(
+        self, row_id: int, fax_id: str, exc: MintfaxError, reached_api: bool
+    ) -> tuple[str, bool]:
+        """What a refused deletion means: ("deleted" | "refused" | "stop", reached_api)."""
+        assert self._client is not None
+        if isinstance(exc, RequestRejected) and exc.status_code in _GONE:
+            if reached_api:
+                return "deleted", True  # nothing left there: as good as deleted
+            try:
+                if not self._token():
+                    return "stop", False
+                self._client.get_balance()  # a known endpoint: is this mintfax's API at all?
+            except MintfaxError as check:
+                self._stop(row_id, fax_id, check)
+                return "stop", False
+            return "deleted", True
+        if _about_this_fax(exc):
+            self._postpone(row_id, fax_id, exc)
+            return "refused", reached_api
+        self._stop(row_id, fax_id, exc)
+        return "stop", reached_api
+
+    def _stop(self, row_id: int, fax_id: str, exc: MintfaxError) -> None:
+        # Wrong for every request (429, 401/403, 5xx, no connection, a wrong base URL).
+        if isinstance(exc, RateLimited) and self._throttle is not None:
+            self._throttle.cooldown(exc.retry_after)
+        log.warning(
+            "retention: deletions at mintfax stopped until the next pass: %s",
+            exc,
+            extra={"action": "retention.mintfax_stopped", "fax_id": row_id,
+                   "mintfax_fax_id": fax_id},
+        )  # fmt: skip
 
     def _postpone(self, row_id: int, fax_id: str, exc: MintfaxError) -> None:
         log.warning(

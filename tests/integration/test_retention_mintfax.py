@@ -198,3 +198,36 @@ def test_no_deletions_while_sends_are_due(
     report = RetentionService(engine, _clock(engine), POLICY, client=client).run_once()
     assert report.documents_removed == 1 and report.mintfax_deleted == 0
     assert sandbox.stats()["faxes_deleted"] == 0
+
+
+def test_a_404_alone_is_believed_only_from_mintfax_s_api(
+    engine: Engine, sandbox: SandboxHandle
+) -> None:
+    unknown = "00000000-0000-4000-8000-000000000000"
+    [row] = _rows(engine, [unknown])
+    # MINTFAX_BASE_URL without /v1: every path answers 404, a deletion's included.
+    with MintfaxClient(sandbox.url, lambda: SecretStr(sandbox.api_key), timeout=5) as wrong:
+        report = RetentionService(engine, _clock(engine), POLICY, client=wrong).run_once()
+    assert report.mintfax_deleted == 0 and _deleted(engine) == {row: False}
+    # The right URL: the 404 is mintfax's own (its balance answers), so nothing is left there.
+    with _client(sandbox) as right:
+        report = RetentionService(engine, _clock(engine), POLICY, client=right).run_once()
+    assert report.mintfax_deleted == 1 and _deleted(engine) == {row: True}
+    assert sandbox.stats()["requests_by_path"]["GET /v1/account/balance"] == 1
+
+
+def test_deletions_at_mintfax_are_one_pass_at_a_time(
+    engine: Engine, sandbox: SandboxHandle, client: MintfaxClient, database_url: str
+) -> None:
+    import psycopg
+
+    fax_ids = _sent(sandbox, client, 2)
+    _rows(engine, fax_ids)
+    with psycopg.connect(database_url, autocommit=True) as other_pass:
+        other_pass.execute("SELECT pg_advisory_lock(7246012)")  # another pass is at it
+        busy = RetentionService(engine, _clock(engine), POLICY, client=client).run_once()
+    assert busy.documents_removed == 2 and busy.mintfax_deleted == 0
+    assert (
+        RetentionService(engine, _clock(engine), POLICY, client=client).run_once().mintfax_deleted
+        == 2
+    )
