@@ -5,7 +5,9 @@
 
 One uvicorn server process (`workers.webhooks.serve`, what `faxout webhooks serve` runs: one
 event loop, h11) serves both `POST /webhooks/mintfax`, the real receiver
-(`workers.webhooks.create_receiver` with `Reconciler(...).handle_event` on a fresh migrated
+(`workers.webhooks.create_receiver` with `Reconciler(...).handle_event` and `handle_events`,
+built as `faxout webhooks serve` builds it: events that arrive together share one commit, on a
+fresh migrated
 database of the run, engine sized as `workers.runtime.Runtime` sizes it: pool 2 + overflow 2),
 and `POST /bare`, a plain Starlette endpoint on the same app that reads the body and answers
 200. The ratio isolates what the receiver adds: verification (generation A: hex HMAC-SHA256 of
@@ -101,7 +103,9 @@ def serve(database_url: str, port: int, pool_size: int) -> None:
     engine = make_engine(database_url, pool_size=pool_size, max_overflow=2)
     reconciler = Reconciler(engine, Alerter(SystemClock()), None, SystemClock())
     secrets = [SecretStr(SECRET)]
-    app = create_receiver(reconciler.handle_event, lambda: secrets)
+    app = create_receiver(
+        reconciler.handle_event, lambda: secrets, handle_many=reconciler.handle_events
+    )
 
     async def bare(request: Request) -> JSONResponse:
         await request.body()

@@ -18,7 +18,7 @@ ends a balance pause of the fleet.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -87,15 +87,10 @@ class Reconciler:
         """Record `event` once and apply it, in one statement (the database's
         `fax_events_ingest`); then its side effects (a resumed fleet; alert delivery, in the
         background), which never undo the record."""
-        observation = (
-            observation_from_resource(event.data, event.occurred_at)
-            if event.event_type in FAX_EVENTS
-            else None
-        )
         if event.event_type != "balance.low":
             # Autocommit: the one statement is the transaction, one round trip.
             with self._fast_engine.connect() as conn:
-                result = EventResult(repository.ingest_event(conn, event, observation))
+                result = EventResult(repository.ingest_event(conn, event, _observation(event)))
             if result is EventResult.APPLIED and event.event_type == "balance.topup":
                 self._end_balance_pause()
             return result
@@ -112,6 +107,48 @@ class Reconciler:
             # webhook may be slow (beat's retry delivers it if this process dies first).
             self._deliveries.submit(self._alerter.deliver, self._engine, [alert_id])
         return result
+
+    def handle_events(self, events: Sequence[FaxEvent]) -> list[EventResult | Exception]:
+        """`handle_event` for events that arrived together, in one statement and one commit
+        (group commit: the receiver's throughput is its commits'). Returns each event's result,
+        or the exception that kept it from being applied, in the order given.
+
+        A batch that fails as a whole (a deadlock, one event the database refuses) is applied
+        event by event, so one event's fault is only its own. `balance.low` goes on its own,
+        with its alert.
+        """
+        results: list[EventResult | Exception | None] = [None] * len(events)
+        together = [i for i, event in enumerate(events) if event.event_type != "balance.low"]
+        try:
+            with self._fast_engine.connect() as conn:
+                outcomes = repository.ingest_events(
+                    conn, [(events[i], _observation(events[i])) for i in together]
+                )
+        except Exception as exc:  # each is retried below, failing on its own
+            # The type only: a database error's text can hold the events' data (numbers).
+            log.warning(
+                "a batch of %d webhook events failed (%s); applying them one by one",
+                len(together),
+                type(exc).__name__,
+                extra={"action": "webhook.batch_failed"},
+            )
+        else:
+            for i, outcome in zip(together, outcomes, strict=True):
+                results[i] = EventResult(outcome)
+            if any(
+                results[i] is EventResult.APPLIED and events[i].event_type == "balance.topup"
+                for i in together
+            ):
+                self._end_balance_pause()
+        done: list[EventResult | Exception] = []
+        for event, result in zip(events, results, strict=True):
+            if result is None:  # balance.low, or the batch failed
+                try:
+                    result = self.handle_event(event)
+                except Exception as exc:  # the receiver answers 503 for this event
+                    result = exc
+            done.append(result)
+        return done
 
     def close(self) -> None:
         """Wait for alert deliveries still under way (at process or test end)."""
@@ -144,6 +181,13 @@ class Reconciler:
         """Apply one observation (a poll, a lookup) in the caller's transaction."""
         repository.lock_fax_events(conn, observation.mintfax_fax_id)
         return EventResult(repository.apply_observation(conn, observation))
+
+
+def _observation(event: FaxEvent) -> FaxObservation | None:
+    """What a fax event says about its fax (None for other events)."""
+    if event.event_type not in FAX_EVENTS:
+        return None
+    return observation_from_resource(event.data, event.occurred_at)
 
 
 def _low_balance_alert(conn: Connection, event: FaxEvent) -> Alert:

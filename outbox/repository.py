@@ -1559,7 +1559,7 @@ _INGEST_EVENT = text(
 
 
 def ingest_event(conn: Connection, event: FaxEvent, observation: FaxObservation | None) -> str:
-    """Record and apply a webhook event in one statement (migration 0008's
+    """Record and apply a webhook event in one statement (migration 0015's
     `fax_events_ingest`): its outcome, or 'duplicate' when its id was seen before."""
     rows = _execute_hot(
         conn,
@@ -1576,6 +1576,51 @@ def ingest_event(conn: Connection, event: FaxEvent, observation: FaxObservation 
         },
     )
     return str(rows[0][0])
+
+
+# Many events in one statement and one commit (the receiver's group commit): each is still
+# recorded once and applied by the same `fax_events_ingest`, as one event alone would be.
+# The locks (migration 0015: the fax id's, else the event id's) are taken in one global
+# order, the lock key then arrival, so two batches never deadlock on each other, and events
+# about one fax apply in the order they came (a volatile function in the select list runs
+# after the sort, in that order).
+_INGEST_EVENTS = text(
+    """
+    SELECT e.n, fax_events_ingest(e.event_id, e.event_type, e.fax_id, e.occurred_at,
+                                  e.observation, e.payload)
+    FROM unnest(CAST(:event_ids AS text[]), CAST(:event_types AS text[]),
+                CAST(:fax_ids AS text[]), CAST(:occurred_ats AS timestamptz[]),
+                CAST(:observations AS jsonb[]), CAST(:payloads AS jsonb[]))
+         WITH ORDINALITY AS e(event_id, event_type, fax_id, occurred_at, observation, payload, n)
+    ORDER BY hashtext('fax_events:' || coalesce(e.fax_id, 'event:' || e.event_id)), e.n
+    """
+)
+
+
+def ingest_events(
+    conn: Connection, items: Sequence[tuple[FaxEvent, FaxObservation | None]]
+) -> list[str]:
+    """Record and apply several webhook events in one statement, as `ingest_event` does one:
+    their outcomes, in the order given. Run it alone in its transaction (it holds every
+    event's fax-id lock until the end)."""
+    if not items:
+        return []
+    rows = _execute_hot(
+        conn,
+        _INGEST_EVENTS,
+        {
+            "event_ids": [event.event_id for event, _ in items],
+            "event_types": [event.event_type for event, _ in items],
+            "fax_ids": [obs.mintfax_fax_id if obs else None for _, obs in items],
+            "occurred_ats": [event.occurred_at for event, _ in items],
+            "observations": [
+                None if obs is None else json.dumps(_observation_json(obs)) for _, obs in items
+            ],
+            "payloads": [json.dumps(event.payload) for event, _ in items],
+        },
+    )
+    outcomes = dict(rows)
+    return [str(outcomes[n]) for n in range(1, len(items) + 1)]
 
 
 _APPLY_OBSERVATION = text(

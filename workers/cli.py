@@ -545,11 +545,13 @@ def webhooks_serve(
     _configure_logging("webhooks")
     runtime = Runtime(settings)
     secrets = settings.mintfax_webhook_secrets
+    reconciler = runtime.reconciler
     from outbox.fleet_status import WebhookCounters
 
     receiver = create_receiver(
-        runtime.reconciler.handle_event,
+        reconciler.handle_event,
         lambda: secrets,
+        handle_many=reconciler.handle_events,
         count=WebhookCounters(runtime.redis).count,  # duplicates and refusals, fleet-wide
     )
     heart = HeartbeatThread(settings, "webhooks", f"webhooks@{_hostname()}:{port}").start()

@@ -4,7 +4,8 @@
 by `faxout webhooks serve` or mounted in an application's own ASGI app
 (`Mount("/hooks", app=create_receiver(...))`). Per request: read at most `MAX_BODY_BYTES` (a
 larger Content-Length is refused before reading), verify, then `handle(event)` in a worker
-thread (one short database transaction: the event is recorded once and applied), then answer.
+thread (one short database transaction: the event is recorded once and applied), then answer;
+with `handle_many`, events that arrive together share that transaction (`GroupCommit`).
 Nothing else runs before the answer, so mintfax hears back well within its 5 s.
 
 Answers: 200 `{"ok": true, "result": ...}` (a duplicate too: it was applied before);
@@ -14,8 +15,11 @@ Answers: 200 `{"ok": true, "result": ...}` (a duplicate too: it was applied befo
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import weakref
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from types import FrameType
 
@@ -43,20 +47,100 @@ def _utc_now() -> datetime:
     return datetime.now(UTC)
 
 
+class GroupCommit:
+    """Events that arrive while earlier ones are being written go together in the next write.
+
+    Each request hands its verified event to `submit` and waits for its own result. At most
+    `writers` batches are written at once (each one statement and one commit, in a worker
+    thread); whatever arrives meanwhile waits and goes in the next batch, up to `max_batch`.
+    Nothing waits on a timer: an event alone is written at once, and under load the commits
+    (the receiver's bottleneck) carry many events each.
+    """
+
+    def __init__(
+        self,
+        handle_many: Callable[[Sequence[FaxEvent]], Sequence[object]],
+        *,
+        writers: int = 2,
+        max_batch: int = 64,
+    ) -> None:
+        self._handle_many = handle_many
+        self._writers = writers
+        self._max_batch = max_batch
+        # Per event loop (an app can be served by more than one over its life, as tests do).
+        self._queues: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopQueue] = (
+            weakref.WeakKeyDictionary()
+        )
+
+    async def submit(self, event: FaxEvent) -> str:
+        """Write `event` with whatever else is waiting; its result, or its exception raised."""
+        loop = asyncio.get_running_loop()
+        queue = self._queues.get(loop)
+        if queue is None:
+            queue = self._queues[loop] = _LoopQueue()
+        future: asyncio.Future[str] = loop.create_future()
+        queue.waiting.append((event, future))
+        if queue.writing < self._writers:
+            queue.writing += 1
+            task = loop.create_task(self._write(queue))
+            queue.tasks.add(task)  # a task nobody references can be collected mid-run
+            task.add_done_callback(queue.tasks.discard)
+        return await future
+
+    async def _write(self, queue: _LoopQueue) -> None:
+        try:
+            while queue.waiting:
+                batch = queue.waiting[: self._max_batch]
+                del queue.waiting[: self._max_batch]
+                try:
+                    results: Sequence[object] = await run_in_threadpool(
+                        self._handle_many, [event for event, _ in batch]
+                    )
+                except Exception as exc:
+                    results = [exc] * len(batch)
+                for (_, future), result in zip(batch, results, strict=True):
+                    if future.done():  # its request was cancelled (the sender hung up)
+                        continue
+                    if isinstance(result, Exception):
+                        future.set_exception(result)
+                    else:
+                        future.set_result(str(result))
+        finally:
+            queue.writing -= 1
+
+
+@dataclass
+class _LoopQueue:
+    waiting: list[tuple[FaxEvent, asyncio.Future[str]]] = field(default_factory=list)
+    writing: int = 0
+    tasks: set[asyncio.Task[None]] = field(default_factory=set)
+
+
 def create_receiver(
     handle: Callable[[FaxEvent], str],
     secrets: Callable[[], Sequence[SecretStr]],
     clock: Callable[[], datetime] = _utc_now,
     *,
+    handle_many: Callable[[Sequence[FaxEvent]], Sequence[object]] | None = None,
     count: Callable[[str], None] | None = None,
 ) -> Starlette:
     """The receiver app. `handle` applies one verified event and names the outcome ("applied",
     "duplicate", ...); `secrets` is asked on every request, so a rotation can add a secret
     without a restart; `clock` is what timestamps are judged against (injectable in tests).
 
+    With `handle_many` (`Reconciler.handle_events`: several events, one commit, each event's
+    result or exception in order) concurrent events are written together (`GroupCommit`);
+    `handle` is then unused.
+
     `count` is told of each event that leaves no row (`duplicate`, `refused_<status>`), for
     the fleet's metrics (`outbox.fleet_status.WebhookCounters`); its failure changes no answer.
     """
+    group = GroupCommit(handle_many) if handle_many is not None else None
+
+    async def apply(event: FaxEvent) -> str:
+        if group is not None:
+            return await group.submit(event)
+        return await run_in_threadpool(handle, event)
 
     async def tally(what: str) -> None:
         if count is None:
@@ -96,7 +180,7 @@ def create_receiver(
             )
             return JSONResponse({"ok": False, "error": "bad_request"}, status_code=400)
         try:
-            result = await run_in_threadpool(handle, event)
+            result = await apply(event)
         except Exception as exc:
             # Type only at ERROR: a database error's text can hold the event's data (numbers).
             log.error(

@@ -270,3 +270,95 @@ def test_a_topup_is_applied_even_when_redis_is_down(
     topup = FaxEvent("evt_topup_2", "balance.topup", T0, data, {"event_id": "evt_topup_2"})
     assert reconciler.handle_event(topup) is EventResult.APPLIED
     assert harness.fleet.open_pauses() == []
+
+
+# --- group commit: events that arrive together, one statement (Reconciler.handle_events) ---
+
+
+def test_a_batch_applies_each_event_as_it_would_alone(
+    harness: Harness,  # noqa: F811
+    engine: Engine,
+    request: pytest.FixtureRequest,
+) -> None:
+    reconciler = Reconciler(engine, Alerter(harness.clock), harness.fleet, harness.clock)
+    request.addfinalizer(reconciler.close)
+    rows = [submitted(harness, f"fax-b{n}", ref=f"b{n}") for n in range(3)]
+    harness.fleet.pause(PauseReason.INSUFFICIENT_BALANCE, by="test 402")
+    sending = event("fax.sending", "fax-b0", T0)
+    delivered = event("fax.delivered", "fax-b0", T0 + timedelta(seconds=5), pages=2)
+    failed = event("fax.failed", "fax-b1", T0, error_code="busy", error_message="Busy")
+    early = event("fax.delivered", "fax-later", T0)  # no row holds this id yet
+    data = {"available": 5000, "held": 0}
+    topup = FaxEvent("evt_topup_b", "balance.topup", T0, data, {"event_id": "evt_topup_b"})
+    low = FaxEvent("evt_low_b", "balance.low", T0, data, {"event_id": "evt_low_b"})
+    batch = [delivered, sending, failed, failed, early, topup, low, sending]
+    assert reconciler.handle_events(batch) == [
+        EventResult.APPLIED,
+        EventResult.STALE,  # older news than the delivery just applied
+        EventResult.APPLIED,
+        EventResult.DUPLICATE,  # the same event twice in one batch
+        EventResult.PENDING,
+        EventResult.APPLIED,
+        EventResult.APPLIED,
+        EventResult.DUPLICATE,
+    ]
+    assert (harness.row(rows[0])["status"], harness.row(rows[0])["pages"]) == ("delivered", 2)
+    assert harness.row(rows[1])["error_code"] == "busy"
+    assert harness.row(rows[2])["status"] == "submitted"
+    assert harness.fleet.open_pauses() == []  # the top-up ended the balance pause
+    assert [a["kind"] for a in harness.alerts()] == ["fleet_paused", "balance_low"]
+    # Each event written once, with what became of it; a replay of the batch changes nothing.
+    with engine.connect() as conn:
+        recorded = dict(conn.execute(select(fax_events.c.event_id, fax_events.c.outcome)).all())
+    assert recorded[delivered.event_id] == "applied" and recorded[sending.event_id] == "stale"
+    assert recorded[early.event_id] == "pending" and len(recorded) == 6
+    assert set(reconciler.handle_events(batch)) == {EventResult.DUPLICATE}
+    # The early event waits for its row, and is applied the moment the id is stored.
+    later = submitted(harness, "fax-later", ref="b-later")
+    assert harness.row(later)["status"] == "delivered"
+
+
+def test_an_event_the_database_refuses_fails_alone_not_its_batch(
+    harness: Harness,  # noqa: F811
+    reconciler: Reconciler,
+) -> None:
+    # JSON accepts "\u0000" in a string; Postgres's jsonb refuses it. The verifier lets such a
+    # signed body through, so the database is where it fails: that event's sender gets a 503
+    # (and mintfax retries it), every other event of its batch is applied.
+    rows = [submitted(harness, f"fax-p{n}", ref=f"p{n}") for n in range(2)]
+    good = [event("fax.delivered", f"fax-p{n}", T0) for n in range(2)]
+    poison = event("fax.failed", "fax-p9", T0, error_message="nul \u0000 byte")
+    results = reconciler.handle_events([good[0], poison, good[1]])
+    assert results[0] is EventResult.APPLIED and results[2] is EventResult.APPLIED
+    assert isinstance(results[1], Exception)
+    assert {harness.row(r)["status"] for r in rows} == {"delivered"}
+
+
+def test_concurrent_batches_about_the_same_faxes_never_deadlock(
+    harness: Harness,  # noqa: F811
+    reconciler: Reconciler,
+) -> None:
+    fax_ids = [f"fax-c{n}" for n in range(12)]
+    rows = {submitted(harness, fax_id, ref=fax_id): fax_id for fax_id in fax_ids}
+    batches = [
+        [event("fax.sending", f, T0 + timedelta(seconds=k)) for f in order]
+        for k, order in enumerate([fax_ids, fax_ids[::-1], fax_ids[6:] + fax_ids[:6]] * 4)
+    ]
+    results: list[list[EventResult | Exception]] = []
+    barrier = threading.Barrier(len(batches))
+
+    def run(batch: list[FaxEvent]) -> None:
+        barrier.wait()
+        results.append(reconciler.handle_events(batch))
+
+    threads = [threading.Thread(target=run, args=(b,)) for b in batches]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    flat = [r for batch in results for r in batch]
+    assert len(flat) == 12 * len(batches)
+    assert not [r for r in flat if isinstance(r, Exception)]
+    # The newest event of each fax won, whatever order the batches committed in.
+    newest = T0 + timedelta(seconds=len(batches) - 1)
+    assert {harness.row(r)["last_event_at"] for r in rows} == {newest}
