@@ -9,7 +9,7 @@ import logging
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
 
 import httpx
@@ -271,3 +271,48 @@ def test_the_clock_judges_the_timestamp(
     body = envelope()
     response = httpx.post(f"{url}/webhooks/mintfax", content=body, headers=signed(body))
     assert response.status_code == 401  # signed now, judged in 2020: far in the future
+
+
+def test_events_that_arrive_together_are_written_together_each_answered_its_own(
+    serve: Callable[[Starlette], str], secrets: list[SecretStr]
+) -> None:
+    # Group commit (`handle_many`): while a batch is being written, arrivals wait and go in the
+    # next; each request still gets its own event's result, and one event's failure is only
+    # that request's 503.
+    batches: list[list[str]] = []
+
+    def handle_many(events: Sequence[FaxEvent]) -> list[object]:
+        time.sleep(0.05)  # a commit
+        batches.append([e.event_id for e in events])
+        return [
+            RuntimeError("refused") if e.event_id.endswith("_7") else f"applied:{e.event_id}"
+            for e in events
+        ]
+
+    def unused(event: FaxEvent) -> str:
+        raise AssertionError("with handle_many, events go through it")
+
+    url = serve(create_receiver(unused, lambda: secrets, handle_many=handle_many))
+    answers: dict[str, httpx.Response] = {}
+
+    def post(n: int) -> None:
+        body = envelope(f"evt_g_{n}")
+        answers[f"evt_g_{n}"] = httpx.post(
+            f"{url}/webhooks/mintfax", content=body, headers=signed(body), timeout=10
+        )
+
+    threads = [threading.Thread(target=post, args=(n,)) for n in range(40)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert len(answers) == 40
+    for event_id, response in answers.items():
+        if event_id == "evt_g_7":
+            assert response.status_code == 503
+        else:
+            assert response.json() == {"ok": True, "result": f"applied:{event_id}"}
+    written = [event_id for batch in batches for event_id in batch]
+    assert sorted(written) == sorted(answers)  # each event written once
+    assert max(len(batch) for batch in batches) > 1  # and not one commit each
+    assert len(batches) < 40
