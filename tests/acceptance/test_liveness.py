@@ -67,8 +67,18 @@ def test_killed_relay_alerts_once_and_a_new_relay_ends_the_episode(fleet: Fleet)
     assert _alive(fleet, "relay").returncode == 0
     assert _alive(fleet, "worker", "--max-age", "5").returncode == 0
 
+    killed_at = time.monotonic()
     fleet.kill("relay0")
     fleet.wait_until(lambda: _down_alerts(fleet, "relay") != [], ALERT_AFTER + 20, "the alert")
+    # Not before the configured time: the relay's last heartbeat came at most one period
+    # before the kill, and the episode opened at least ALERT_AFTER after it (database clock).
+    assert time.monotonic() - killed_at >= ALERT_AFTER - HEARTBEAT
+    e = liveness_episodes.c
+    with fleet.engine.connect() as conn:
+        started, last_seen = conn.execute(
+            select(e.started_at, e.last_seen_at).where(e.role == "relay")
+        ).one()
+    assert (started - last_seen).total_seconds() >= ALERT_AFTER
     # Two workers and beat check every half second: for several more rounds, still one alert.
     time.sleep(10 * HEARTBEAT)
     assert len(_down_alerts(fleet, "relay")) == 1
