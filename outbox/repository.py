@@ -1423,22 +1423,33 @@ def rows_to_look_at(conn: Connection, *, limit: int) -> list[Mapping[str, Any]]:
 # Final rows whose bytes are due to go, oldest final first, walked along
 # `fax_outbox_retention_due_idx` (which holds only final rows that still have them). Rows
 # another pass holds are skipped, never waited for; final rows are never claimed by a send,
-# so a pass and the fleet never wait on each other's rows.
+# so a pass and the fleet never wait on each other's rows. A batch also stops at :max_bytes
+# of documents (the first row always goes): dropping a 10 MB document deletes its TOAST
+# chunks, and 500 of them would make a long transaction. `octet_length` of a stored
+# document reads its TOAST pointer, not the bytes. One row back: how many rows were
+# candidates, and the ids whose bytes went.
 _PURGE_DOCUMENTS = text(
     """
-    WITH due AS (
-        SELECT id FROM fax_outbox
+    WITH candidates AS (
+        SELECT id, final_at, octet_length(document) AS size FROM fax_outbox
         WHERE final_at IS NOT NULL AND document IS NOT NULL
           AND final_at <= coalesce(CAST(:now AS timestamptz), now()) - make_interval(secs => :age)
         ORDER BY final_at, id
         LIMIT :limit
         FOR UPDATE SKIP LOCKED
+    ), within AS (
+        SELECT id FROM (
+            SELECT id, sum(size) OVER (ORDER BY final_at, id) - size AS before FROM candidates
+        ) AS running
+        WHERE before < :max_bytes
+    ), purged AS (
+        UPDATE fax_outbox AS f
+        SET document = NULL, document_purged_at = coalesce(CAST(:now AS timestamptz), now())
+        FROM within
+        WHERE f.id = within.id
+        RETURNING f.id
     )
-    UPDATE fax_outbox AS f
-    SET document = NULL, document_purged_at = coalesce(CAST(:now AS timestamptz), now())
-    FROM due
-    WHERE f.id = due.id
-    RETURNING f.id
+    SELECT (SELECT count(*) FROM candidates), (SELECT array_agg(id) FROM purged)
     """
 )
 
@@ -1483,10 +1494,16 @@ _MINTFAX_DELETIONS_DUE = text(
 _MINTFAX_DELETION_LOCK = 7246012
 
 
-def purge_documents(conn: Connection, *, now: datetime | None, age: float, limit: int) -> list[int]:
-    """Remove the bytes of up to `limit` rows final for at least `age` seconds; their ids."""
-    result = conn.execute(_PURGE_DOCUMENTS, {"now": now, "age": age, "limit": limit})
-    return [row_id for (row_id,) in result]
+def purge_documents(
+    conn: Connection, *, now: datetime | None, age: float, limit: int, max_bytes: int
+) -> tuple[list[int], bool]:
+    """Remove the bytes of up to `limit` rows final for at least `age` seconds, stopping at
+    `max_bytes` of documents (one row at least). Returns their ids, and whether rows may be
+    left (a full batch of candidates, or one cut by `max_bytes`)."""
+    params = {"now": now, "age": age, "limit": limit, "max_bytes": max_bytes}
+    considered, ids = conn.execute(_PURGE_DOCUMENTS, params).one()
+    purged = list(ids or [])
+    return purged, considered == limit or len(purged) < considered
 
 
 def purge_rows(

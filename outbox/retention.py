@@ -32,9 +32,10 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Protocol
 
-from sqlalchemy import Engine
+from sqlalchemy import Connection, Engine
 
 from outbox import repository
 from outbox.clock import Clock, sql_now
@@ -135,6 +136,7 @@ class RetentionService:
     """Runs one retention pass per `run_once`; beat calls it every `policy.interval` seconds."""
 
     document_batch = 500  # rows per transaction: a few ms of locks on rows nobody else wants
+    document_batch_bytes = 64 * 1024 * 1024  # and no more document bytes than this (TOAST)
     row_batch = 200  # rows per transaction, each with its attempts, events and alerts
     mintfax_batch = 20  # deletions asked of mintfax per pass
     time_budget = 45.0  # seconds; below beat's interval, so passes rarely overlap
@@ -170,27 +172,29 @@ class RetentionService:
         # Rows first: bytes of a row about to go need no pass of their own.
         if self.policy.row_age is not None:
             row_age = self.policy.row_age
-            rows, done = self._batches(
-                deadline,
-                lambda conn, now: repository.purge_rows(
-                    conn,
-                    now=now,
-                    age=row_age,
-                    limit=self.row_batch,
-                    after_mintfax=self.policy.delete_at_mintfax,
-                ),
-                self.row_batch,
-            )
+            after_mintfax = self.policy.delete_at_mintfax
+
+            def purge_rows(conn: Connection, now: datetime | None) -> tuple[list[int], bool]:
+                ids = repository.purge_rows(
+                    conn, now=now, age=row_age, limit=self.row_batch, after_mintfax=after_mintfax
+                )
+                return ids, len(ids) == self.row_batch
+
+            rows, done = self._batches(deadline, purge_rows)
             complete = complete and done
         if self.policy.document_age is not None:
             document_age = self.policy.document_age
-            documents, done = self._batches(
-                deadline,
-                lambda conn, now: repository.purge_documents(
-                    conn, now=now, age=document_age, limit=self.document_batch
-                ),
-                self.document_batch,
-            )
+
+            def purge_documents(conn: Connection, now: datetime | None) -> tuple[list[int], bool]:
+                return repository.purge_documents(
+                    conn,
+                    now=now,
+                    age=document_age,
+                    limit=self.document_batch,
+                    max_bytes=self.document_batch_bytes,
+                )
+
+            documents, done = self._batches(deadline, purge_documents)
             complete = complete and done
         if self.policy.delete_at_mintfax:
             deleted, refused = self._delete_at_mintfax(deadline)
@@ -218,17 +222,16 @@ class RetentionService:
     def _batches(
         self,
         deadline: float,
-        step: Callable[..., list[int]],
-        batch: int,
+        step: Callable[[Connection, datetime | None], tuple[list[int], bool]],
     ) -> tuple[int, bool]:
-        """Run `step` in its own short transaction until it does less than a full batch
-        (done) or the deadline passes (not done). Returns (rows, done)."""
+        """Run `step` (ids done, whether rows may be left) in its own short transaction until
+        nothing is left (done) or the deadline passes (not done). Returns (rows, done)."""
         total = 0
         while True:
             with self._engine.begin() as conn:
-                ids = step(conn, sql_now(self._clock))
+                ids, more = step(conn, sql_now(self._clock))
             total += len(ids)
-            if len(ids) < batch:
+            if not more:
                 return total, True
             if self._monotonic() >= deadline:
                 return total, False

@@ -627,3 +627,24 @@ def test_a_downgrade_past_retention_is_refused_while_bytes_are_gone(engine: Engi
         conn.execute(text("DELETE FROM fax_outbox WHERE id = :id"), {"id": fax_id})
     schema.downgrade(engine, "0009_polling")
     schema.upgrade(engine)
+
+
+def test_a_batch_stops_at_its_byte_budget(engine: Engine) -> None:
+    # Big documents make long transactions (their TOAST chunks go with them): a batch takes
+    # rows up to `document_batch_bytes`, the first one always, and the pass goes on.
+    generate(engine, 50, prefix="big", status="delivered", final_days_ago=2)
+    ticks = iter(range(1_000_000))
+    service = RetentionService(
+        engine,
+        database_clock(engine),
+        RetentionPolicy(document_age=DAY_SECONDS),
+        monotonic=lambda: float(next(ticks)),  # one "second" per look at the clock
+    )
+    service.document_batch_bytes = 1  # every document is over it: one row per batch
+    service.time_budget = 3.0
+    first = service.run_once()
+    assert first.documents_removed == 3 and not first.complete  # three batches of one row
+    service.document_batch_bytes = 200  # about ten of these small documents per batch
+    service.time_budget = 1_000.0
+    rest = service.run_once()
+    assert rest.complete and first.documents_removed + rest.documents_removed == 50
