@@ -151,8 +151,9 @@ def _rows_table(rows: Sequence[dict[str, Any]]) -> Table:
     # What identifies a row stays whole; the error text wraps.
     for column in ("id", "status", "reason"):
         table.add_column(column, no_wrap=True)
-    for column in ("error", "reference", "to"):
-        table.add_column(column, overflow="fold")
+    table.add_column("error", ratio=3)
+    table.add_column("reference", overflow="fold", ratio=1)
+    table.add_column("to", no_wrap=True)
     for r in rows[:15]:
         error = r.get("last_error") or {}
         detail = " ".join(
