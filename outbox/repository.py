@@ -828,7 +828,7 @@ def recent_alerts(conn: Connection, limit: int = 20) -> list[Mapping[str, Any]]:
     return [dict(row._mapping) for row in result]
 
 
-# --- mintfax's own rate limit (outbox/provider_limit.py) -------------------------------------------
+# --- mintfax's own rate limit (outbox/provider_limit.py) ---------------------------------------
 # An episode is its alert (kind `provider_rate_limit`): `detail.current_limit` is the figure the
 # fleet follows, `detail.ended_at` is set once mintfax's figure is back at or above ours.
 

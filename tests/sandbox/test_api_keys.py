@@ -39,7 +39,7 @@ def test_the_listing_counts_per_key_and_never_shows_a_key(sandbox: SandboxHandle
     with httpx.Client(base_url=sandbox.url, timeout=10) as control:
         raw = control.get("/sandbox/keys").text
     assert new not in raw
-    [entry] = [k for k in sandbox.keys() if k["last4"] == new[-4:]]
+    [entry] = [k for k in sandbox.keys() if k["last4"] == new[-4:]]  # noqa: SIM118 (not a dict)
     assert entry["id"].startswith("key_")
     assert (entry["requests"], entry["refused"]) == (2, 1)
     assert entry["revoked_at"] is not None
