@@ -208,6 +208,23 @@ def seed(engine: Engine, now: datetime) -> Seeded:
             ),
             {"at": now - timedelta(seconds=30)},
         )
+        # Processes: a relay seen 3 s ago, a worker that stopped cleanly 10 s ago.
+        for role, seen, stopped in (("relay", 3, None), ("worker", 10, 10)):
+            conn.execute(
+                text(
+                    "INSERT INTO heartbeats (instance, role, process, hostname, pid, started_at, "
+                    "seen_at, stopped_at) VALUES (:instance, :role, :process, 'host-a', 4242, "
+                    ":started, :seen, :stopped)"
+                ),
+                {
+                    "instance": uuid.uuid4(),
+                    "role": role,
+                    "process": f"{role}@host-a",
+                    "started": now - timedelta(seconds=600),
+                    "seen": now - timedelta(seconds=seen),
+                    "stopped": None if stopped is None else now - timedelta(seconds=stopped),
+                },
+            )
         for k, (kind, message) in enumerate(
             (
                 ("fleet_paused", "an operator paused the fleet"),

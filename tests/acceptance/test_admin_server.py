@@ -170,6 +170,10 @@ def test_metrics_parse_and_match_the_database(
     assert _one(scraped, "faxout_redis_up") == 1
     assert _one(scraped, "faxout_throttle_limit_per_minute") == 60
     assert _one(scraped, "faxout_broker_queue_messages", queue="faxout") == 0
+    relay_age = _one(scraped, "faxout_heartbeat_age_seconds", role="relay")
+    assert 3 <= relay_age < 30
+    assert _one(scraped, "faxout_processes", role="relay") == 1
+    assert ("role", "worker") not in {k[0] for k in scraped["faxout_processes"]}  # stopped
     expected = cumulative(seeded.to_submit, LATENCY_BUCKETS)
     for bound, n in zip(LATENCY_BUCKETS, expected, strict=True):
         assert _one(scraped, "faxout_insert_to_submit_seconds_bucket", le=repr(bound)) == n

@@ -153,3 +153,39 @@ def test_live_view_refreshes_in_a_terminal_until_ctrl_c(
             process.wait(10)
         os.close(leader)
     assert "Traceback" not in "".join(seen)
+
+
+def test_live_view_survives_losing_its_database_until_ctrl_c(
+    engine: Engine, database_url: str, redis_url: str
+) -> None:
+    seed(engine, _now(engine))
+    engine.dispose()
+    leader, follower = pty.openpty()
+    env = {**_env(database_url, redis_url), "TERM": "xterm-256color", "COLUMNS": "160"}
+    process = subprocess.Popen(
+        [str(FAXOUT), "status", "--interval", "0.5"],
+        env=env,
+        stdin=follower,
+        stdout=follower,
+        stderr=follower,
+        start_new_session=True,
+    )
+    os.close(follower)
+    seen: list[str] = []
+    try:
+        _read_until(leader, re.compile(r"fleet PAUSED: operator"), seen, 30)
+        # The database goes away under the running view (its connections are cut too).
+        name = database_url.rsplit("/", 1)[1]
+        admin_url = database_url.rsplit("/", 1)[0] + "/postgres"
+        with psycopg.connect(admin_url, autocommit=True) as admin:
+            admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+        _read_until(leader, re.compile(r"refresh failed: database unavailable"), seen, 30)
+        assert process.poll() is None  # still showing the last view, still trying
+        os.killpg(process.pid, signal.SIGINT)
+        assert process.wait(timeout=20) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(10)
+        os.close(leader)
+    assert "Traceback" not in "".join(seen)

@@ -80,6 +80,13 @@ def test_every_figure_matches_the_tables(engine: Engine, redis_url: str) -> None
     assert sum(snap.series["delivered"]) == 4 and sum(snap.series["failed"]) == 1
     assert sum(snap.series["rejected"]) == 2 and sum(snap.series["cancelled"]) == 0
 
+    assert snap.heartbeats is not None
+    assert {(b["role"], b["stopped_at"] is None) for b in snap.heartbeats} == {
+        ("relay", True),
+        ("worker", False),
+    }
+    relay = next(b for b in snap.heartbeats if b["role"] == "relay")
+    assert relay["age_seconds"] == pytest.approx(3.0)
     assert snap.redis is not None and snap.redis_note is None
     assert snap.redis.throttle["cooldown_remaining"] == pytest.approx(30, abs=2)
     assert snap.redis.queues == {"faxout": 2, "faxout.maintenance": 0}
