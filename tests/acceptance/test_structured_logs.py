@@ -10,6 +10,7 @@ import json
 import re
 from typing import Any
 
+import httpx
 import pytest
 from sqlalchemy import text
 
@@ -86,3 +87,25 @@ def test_every_process_writes_masked_json_lines(fleet: Fleet) -> None:
     assert {line["fax_id"] for line in rejected} == refused
     assert all(line["mintfax_fax_id"] is None for line in rejected)
     assert any(line["http_status"] == 422 for line in by_action["mintfax.refused"])
+
+
+def test_the_webhook_receiver_writes_json_lines_without_its_secret(fleet: Fleet) -> None:
+    secret = "whsec_test_CANARYreceiver0123456789"
+    fleet.stack.env.update(FAXOUT_LOG_FORMAT="json", FAXOUT_LOG_LEVEL="DEBUG")
+    url = fleet.stack.start_webhooks(secret=secret)
+    forged = httpx.post(
+        url,
+        content=b'{"event": "fax.delivered", "data": {"to": "+12125550123"}}',
+        headers={"X-Mintfax-Signature": secret, "X-Mintfax-Timestamp": "0"},
+        timeout=10,
+    )
+    assert forged.status_code == 401
+    fleet.wait_until(
+        lambda: "webhook.refused" in fleet.stack.log_text("webhooks"), 10, "the refusal's line"
+    )
+    log = fleet.stack.log_text("webhooks")
+    assert "CANARYreceiver" not in log and "5550123" not in log
+    lines, other = _json_lines(log)
+    assert not other, other  # uvicorn's own lines are JSON too
+    [refused] = [line for line in lines if line["action"] == "webhook.refused"]
+    assert refused["role"] == "webhooks" and refused["http_status"] == 401
