@@ -485,8 +485,6 @@ def _operator() -> str:
 def _configure_logging(role: str | None = None, *, level: str | None = None) -> None:
     """The process's log lines (`outbox.logs`), as FAXOUT_LOG_FORMAT / FAXOUT_LOG_LEVEL say;
     `role` defaults to the command's first word (`admin` for `faxout admin serve`)."""
-    import click
-
     from outbox.logs import configure_logging
     from outbox.settings import log_settings_from_env
 
@@ -495,9 +493,10 @@ def _configure_logging(role: str | None = None, *, level: str | None = None) -> 
     except ConfigurationError as exc:
         _fail([str(exc)])
     if role is None:
-        ctx = click.get_current_context(silent=True)
-        words = ctx.command_path.split() if ctx is not None else []
-        role = words[1] if len(words) > 1 else "cli"
+        # The command's first word, from argv: typer no longer brings click along (the core
+        # install has none), so no click context to ask.
+        words = [word for word in sys.argv[1:] if not word.startswith("-")]
+        role = words[0] if words else "cli"
     configure_logging(log_format, level or log_level, role=role)
 
 
