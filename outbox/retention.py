@@ -129,6 +129,7 @@ class RetentionReport:
 
     @property
     def total(self) -> int:
+        """Everything removed: documents, copies at mintfax and rows."""
         return self.documents_removed + self.mintfax_deleted + self.rows_deleted
 
 
@@ -139,7 +140,7 @@ class RetentionService:
     document_batch_bytes = 64 * 1024 * 1024  # and no more document bytes than this (TOAST)
     row_batch = 200  # rows per transaction, each with its attempts, events and alerts
     mintfax_batch = 20  # deletions asked of mintfax per pass
-    time_budget = 45.0  # seconds; below beat's interval, so passes rarely overlap
+    time_budget = 45.0  # seconds per pass; passes that overlap share the work (SKIP LOCKED)
 
     def __init__(
         self,
