@@ -50,7 +50,18 @@ def _full_snapshot() -> FleetSnapshot:
         submit_to_final=latency,
         alerts=[],
         rows_to_look_at=[],
-        heartbeats=[{"role": "relay", "age_seconds": 1.0, "stopped_at": None}],
+        heartbeats=[
+            {
+                "role": "relay",
+                "process": "relay@a",
+                "hostname": "a",
+                "pid": 1,
+                "started_at": NOW,
+                "seen_at": NOW,
+                "age_seconds": 1.0,
+                "stopped_at": None,
+            }
+        ],
         redis=RedisFigures(
             throttle={"tokens": 1.0, "cooldown_remaining": 0.0, "limit_per_minute": 60.0},
             pause_mirror=True,
