@@ -255,7 +255,7 @@ def test_every_service_runs_and_becomes_healthy(local_stack: LocalStack, engine:
     one_shot = {n for n, s in services.items() if s.get("restart") == "no"}
     assert one_shot == {"migrate", "preflight"}
     long_running = [n for n in services if n not in one_shot and n != "sandbox"]
-    assert set(long_running) == {"relay", "worker", "beat", "webhooks", "flower"}
+    assert set(long_running) == {"relay", "worker", "beat", "webhooks", "flower", "admin"}
     for name in long_running:
         local_stack.start(name, services[name])
     _wait_healthy(local_stack, long_running, services)
@@ -265,6 +265,14 @@ def test_every_service_runs_and_becomes_healthy(local_stack: LocalStack, engine:
     user, _, password = read_env_file(ENV_EXAMPLE)["FLOWER_BASIC_AUTH"].partition(":")
     assert httpx.get(f"{flower}/api/workers", timeout=10).status_code == 401
     assert httpx.get(f"{flower}/api/workers", auth=(user, password), timeout=10).is_success
+
+    # So is the admin server's, with its own.
+    admin = f"http://127.0.0.1:{local_stack.ports[('admin', 9180)]}"
+    env = read_env_file(ENV_EXAMPLE)
+    admin_auth = (env["FAXOUT_ADMIN_USER"], env["FAXOUT_ADMIN_PASSWORD"])
+    assert httpx.get(f"{admin}/metrics", timeout=10).status_code == 401
+    metrics = httpx.get(f"{admin}/metrics", auth=admin_auth, timeout=30)
+    assert metrics.is_success and "faxout_" in metrics.text
 
     # A fax goes through the stack to the simulator: the rehearsal is complete.
     document = local_stack.workdir / "referral.pdf"
