@@ -166,10 +166,16 @@ def _level(level: str | int) -> int:
     return value if isinstance(value, int) else logging.INFO
 
 
+_OWN_LOGGERS = ("faxout.", "outbox.", "workers.")
+
+
 def _default_action(logger_name: str) -> str:
     # "faxout.poller" -> "poller", "outbox.fax_client" -> "fax_client": something to group by
-    # until the call site names its event.
-    return logger_name.split(".", 1)[1] if "." in logger_name else logger_name
+    # until the call site names its event. Another library's logger keeps its whole name
+    # ("uvicorn.error" is uvicorn's main logger, not an error).
+    if logger_name.startswith(_OWN_LOGGERS):
+        return logger_name.split(".", 1)[1]
+    return logger_name
 
 
 def _masked(name: str, value: Any) -> Any:

@@ -63,6 +63,7 @@ def test_every_line_is_one_json_object_with_its_fields(captured: io.StringIO) ->
     assert second["action"] == "submit"  # a call site that names none: its logger's
     assert second["fax_id"] is None and second["mintfax_fax_id"] is None
     assert third["logger"] == "some.library"
+    assert third["action"] == "some.library"  # another library's logger: its whole name
 
 
 def test_a_multiline_message_and_a_traceback_stay_one_json_line(captured: io.StringIO) -> None:
