@@ -9,6 +9,8 @@
     ├── LeaseExpired                    retryable: a worker died mid-send; outcome unknown
     ├── FleetStateUnavailable           retryable: Redis (throttle, pause mirror) unreachable
     ├── UnexpectedError                 a bug in the send path; the outcome is unknown
+    ├── SubmitIncomplete                a submit task could not do its job (Flower: failed)
+    ├── OperationRefused                an operator's action that would be unsafe or void
     ├── WebhookRefused                  a webhook request we will not act on (401/413/400)
     └── MintfaxError                    anything the mintfax API said or failed to say
         ├── TransportError              retryable: timeouts, resets, unreadable 2xx (the
@@ -205,6 +207,33 @@ class UnexpectedError(FaxOutboxError):
     def __init__(self, exc: BaseException) -> None:
         self.exception_type = type(exc).__name__
         super().__init__(f"unexpected {self.exception_type} while sending; outcome unknown")
+
+
+class SubmitIncomplete(FaxOutboxError):
+    """A submit task's faxes met a fault of ours or of the setup (a pause they opened, Redis
+    unreachable, a bug, a lost lease): the task raises it so that it shows as failed. The
+    rows are safe in Postgres and go on by themselves; the text names each fax and what
+    became of it (codes only: never a number, a document or a secret)."""
+
+    def __init__(self, summary: str) -> None:
+        self.summary = summary
+        super().__init__(summary)
+
+
+class OperationRefused(FaxOutboxError):
+    """An operator's action on a fax that would be unsafe or mean nothing (outbox/operations):
+    `reason` says why in words, `code` in one token; nothing was changed."""
+
+    def __init__(self, fax_id: int, code: str, reason: str) -> None:
+        self.fax_id = fax_id
+        self.reason = reason
+        self._code = code
+        super().__init__(f"fax {fax_id}: {reason}")
+
+    @property
+    def code(self) -> str:
+        """Why, as one token (`in_flight`, `window_passed`, `final`, ...)."""
+        return self._code
 
 
 class WebhookRefused(FaxOutboxError):

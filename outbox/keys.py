@@ -21,8 +21,21 @@ from __future__ import annotations
 
 import hashlib
 import re
+from datetime import timedelta
 
 KEY_SCHEME = "faxout:v1"
+# The scheme of a key given to a fax that an operator sends again as a new fax (`faxout retry
+# --new-key`): derived from the original key and the how-many-th resend it is, so a repeated or
+# concurrent resend of the same fax lands on the same key (one row), never a third fax.
+RESEND_KEY_SCHEME = "faxout:v1:resend"
+
+# mintfax keeps idempotency keys for 24 h. Past that, a resend of a row whose first attempt has
+# an unknown outcome could create a second fax, so such a row is never resent with its key once
+# the window (less a safety margin for clocks and the time a request takes) has passed. Used
+# by the worker's guard before each POST (outbox/submit.py) and by operator retries
+# (outbox/operations.py), which must agree.
+IDEMPOTENCY_WINDOW = timedelta(hours=24)
+IDEMPOTENCY_SAFETY_MARGIN = timedelta(minutes=30)
 
 MAX_IDEMPOTENCY_KEY_CHARS = 255  # mintfax's limit for the Idempotency-Key header
 # A header value: visible ASCII (0x21-0x7E), so no space, no control character, no non-ASCII.
@@ -40,6 +53,12 @@ def document_sha256(document: bytes) -> str:
 def derive_idempotency_key(to_number: str, document_fingerprint: str, reference: str) -> str:
     """The idempotency key of a fax intent; identical to the database trigger's value."""
     canonical = "\n".join((KEY_SCHEME, to_number, document_fingerprint, reference))
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
+def resend_idempotency_key(original_key: str, resend_number: int) -> str:
+    """The key of the `resend_number`-th (1-based) new fax made from the fax of `original_key`."""
+    canonical = "\n".join((RESEND_KEY_SCHEME, original_key, str(resend_number)))
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 
 

@@ -230,6 +230,8 @@ Index(
     postgresql_where=text("status = 'submitted'"),
 )
 Index("fax_outbox_status_idx", fax_outbox.c.status)
+# Operators and applications find faxes by their reference (migration 0012).
+Index("fax_outbox_reference_idx", fax_outbox.c.reference)
 # Retention passes (migration 0010): final rows that still hold their bytes, oldest final
 # first; every final row by age (the row purge); rows whose copy at mintfax is to be deleted.
 Index(
@@ -306,6 +308,31 @@ fax_attempts = Table(
     ),
 )
 Index("fax_attempts_fax_id_idx", fax_attempts.c.fax_id, fax_attempts.c.attempt)
+
+
+# What an operator did to a fax (migration 0012, outbox/operations.py): `retry` (back to
+# `pending`, same key), `resend` (sent again as a new fax with a new key; `detail.new_fax_id`),
+# `resent_from` (on that new fax; `detail.resent_from`), `cancel`. Refusals change nothing and
+# are not recorded.
+ACTION_KINDS = ("retry", "resend", "resent_from", "cancel")
+fax_actions = Table(
+    "fax_actions",
+    metadata,
+    Column("id", BigInteger, Identity(always=False), primary_key=True),
+    Column("fax_id", BigInteger, ForeignKey("fax_outbox.id", ondelete="CASCADE"), nullable=False),
+    Column("action", Text, nullable=False),
+    Column("actor", Text, nullable=False),
+    Column("at", DateTime(timezone=True), nullable=False, server_default=_NOW),
+    Column("from_status", Text, nullable=False),
+    Column("to_status", Text, nullable=False),
+    Column("detail", JSONB, nullable=False, server_default=text("'{}'::jsonb")),
+    CheckConstraint(
+        "action IN (" + ", ".join(f"'{a}'" for a in ACTION_KINDS) + ")", name="action_known"
+    ),
+    CheckConstraint("char_length(actor) BETWEEN 1 AND 255", name="actor_length"),
+    CheckConstraint("jsonb_typeof(detail) = 'object'", name="detail_object"),
+)
+Index("fax_actions_fax_id_idx", fax_actions.c.fax_id, fax_actions.c.id)
 # The attempt counters of the metrics (submitted, retries, 429s, 402s), index-only (0013).
 Index("fax_attempts_outcome_idx", fax_attempts.c.outcome, fax_attempts.c.http_status)
 

@@ -620,6 +620,255 @@ def fax_row(conn: Connection, fax_id: int) -> Mapping[str, Any] | None:
     return None if row is None else dict(row._mapping)
 
 
+# --- operator actions (outbox/operations.py) ---------------------------------------------------
+
+# What `faxout list` shows of rows: no document, the error as its codes. Each filter is off
+# when its parameter is NULL (a one-off plan per call sees the values, so the index of the
+# filter in use is walked: reference, created_at, status).
+_LIST_FAXES = text(
+    """
+    SELECT id, status, status_reason, reference, to_number, attempts, outcome_unknown,
+           mintfax_fax_id, created_at, updated_at, next_attempt_at, submitted_at, completed_at,
+           error_code, last_error->>'error' AS last_error_code,
+           last_error->>'kind' AS last_error_kind,
+           (last_error->>'status_code')::int AS last_http_status
+    FROM fax_outbox
+    WHERE (CAST(:statuses AS fax_status[]) IS NULL
+           OR status = ANY(CAST(:statuses AS fax_status[])))
+      AND (CAST(:reference AS text) IS NULL OR reference = CAST(:reference AS text))
+      AND (CAST(:since AS timestamptz) IS NULL OR created_at >= CAST(:since AS timestamptz))
+      AND (CAST(:before_id AS bigint) IS NULL OR id < CAST(:before_id AS bigint))
+    ORDER BY id DESC
+    LIMIT :limit
+    """
+)
+
+
+def list_faxes(
+    conn: Connection,
+    *,
+    statuses: Sequence[str] = (),
+    reference: str | None = None,
+    since: datetime | None = None,
+    before_id: int | None = None,
+    limit: int = 50,
+) -> list[dict[str, Any]]:
+    """Rows newest first (by id), filtered by status, exact reference, creation time; no
+    document. `before_id` pages on (ids below it)."""
+    result = conn.execute(
+        _LIST_FAXES,
+        {
+            "statuses": list(statuses) or None,
+            "reference": reference,
+            "since": since,
+            "before_id": before_id,
+            "limit": limit,
+        },
+    )
+    return [dict(row._mapping) for row in result]
+
+
+def fax_ids_by_reference(conn: Connection, reference: str) -> list[int]:
+    """Ids of the faxes enqueued with `reference`, newest first."""
+    result = conn.execute(
+        text("SELECT id FROM fax_outbox WHERE reference = :reference ORDER BY id DESC"),
+        {"reference": reference},
+    )
+    return [row_id for (row_id,) in result]
+
+
+def fax_history(conn: Connection, fax_id: int) -> dict[str, list[dict[str, Any]]]:
+    """Everything recorded about one fax, oldest first: `attempts` (fax_attempts), `events`
+    (fax_events applied to it or waiting for its fax id), `actions` (fax_actions) and
+    `alerts` naming it."""
+    queries = {
+        "attempts": """
+            SELECT id, attempt, worker, started_at, finished_at, duration_ms, outcome,
+                   http_status, error, request_id, mintfax_fax_id, lease_lost
+            FROM fax_attempts WHERE fax_id = :id ORDER BY id""",
+        "events": """
+            SELECT e.id, e.event_id, e.event_type, e.mintfax_fax_id, e.occurred_at,
+                   e.received_at, e.outcome, e.applied_at, e.observation, e.payload
+            FROM fax_events AS e
+            WHERE e.outbox_id = :id
+               OR e.mintfax_fax_id = (SELECT mintfax_fax_id FROM fax_outbox WHERE id = :id)
+            ORDER BY e.occurred_at, e.id""",
+        "actions": """
+            SELECT id, action, actor, at, from_status, to_status, detail
+            FROM fax_actions WHERE fax_id = :id ORDER BY id""",
+        "alerts": """
+            SELECT id, kind, severity, message, created_at, notified_at
+            FROM alerts WHERE fax_id = :id ORDER BY id""",
+    }
+    return {
+        name: [dict(row._mapping) for row in conn.execute(text(sql), {"id": fax_id})]
+        for name, sql in queries.items()
+    }
+
+
+@dataclass(frozen=True, slots=True)
+class LockedFax:
+    """A row locked (FOR UPDATE) for an operator's action, with what the action must judge."""
+
+    id: int
+    status: FaxStatus
+    status_reason: str | None
+    outcome_unknown: bool
+    mintfax_fax_id: str | None
+    first_attempt_at: datetime | None
+    attempts: int
+    lease_owner: str | None
+    lease_expires_at: datetime | None
+    idempotency_key: str
+    has_document: bool
+    now: datetime  # the database's clock (or the test's `now`)
+
+
+def lock_fax_for_action(conn: Connection, fax_id: int, *, now: datetime | None) -> LockedFax | None:
+    """Lock row `fax_id` until the transaction ends. A worker's claim of it waits meanwhile
+    (and then finds it changed); a claim already made is seen as `sending`."""
+    row = conn.execute(
+        text(
+            """
+            SELECT id, status, status_reason, outcome_unknown, mintfax_fax_id, first_attempt_at,
+                   attempts, lease_owner, lease_expires_at, idempotency_key,
+                   document IS NOT NULL, coalesce(CAST(:now AS timestamptz), now())
+            FROM fax_outbox WHERE id = :id FOR UPDATE
+            """
+        ),
+        {"id": fax_id, "now": now},
+    ).one_or_none()
+    if row is None:
+        return None
+    values = list(row)
+    values[1] = FaxStatus(values[1])
+    return LockedFax(*values)
+
+
+def requeue_fax(conn: Connection, fax_id: int, *, now: datetime | None) -> bool:
+    """A locked `needs_review` or `pending` row becomes `pending` and due now, with its key and
+    its first POST (the 24 h window counts from it) and `outcome_unknown` kept, its attempts
+    and lookups counted afresh. False if it is in neither status."""
+    result = conn.execute(
+        text(
+            """
+            UPDATE fax_outbox
+            SET status = 'pending',
+                status_reason = NULL,
+                attempts = 0,
+                next_attempt_at = coalesce(CAST(:now AS timestamptz), now()),
+                dispatched_at = NULL,
+                next_poll_at = NULL,
+                poll_attempts = 0
+            WHERE id = :id AND status IN ('needs_review', 'pending')
+            """
+        ),
+        {"id": fax_id, "now": now},
+    )
+    return result.rowcount == 1
+
+
+def cancel_fax(conn: Connection, fax_id: int, *, now: datetime | None, reason: str) -> bool:
+    """A `pending` or `needs_review` row without a fax id becomes `cancelled` (final). False
+    otherwise (a worker claimed it, mintfax accepted it, it is final)."""
+    result = conn.execute(
+        text(
+            """
+            UPDATE fax_outbox
+            SET status = 'cancelled',
+                status_reason = :reason,
+                completed_at = coalesce(CAST(:now AS timestamptz), now()),
+                dispatched_at = NULL,
+                next_poll_at = NULL
+            WHERE id = :id AND status IN ('pending', 'needs_review') AND mintfax_fax_id IS NULL
+            """
+        ),
+        {"id": fax_id, "now": now, "reason": reason},
+    )
+    return result.rowcount == 1
+
+
+def insert_resend(conn: Connection, fax_id: int, *, idempotency_key: str) -> tuple[int, bool]:
+    """A new fax made from row `fax_id` (recipient, document, filename, reference, retries,
+    metadata) under `idempotency_key`: (its id, whether it was created now). The copy is made
+    inside the database: the document never travels."""
+    created = conn.execute(
+        text(
+            """
+            INSERT INTO fax_outbox (idempotency_key, to_number, document, filename, reference,
+                                    retries, metadata)
+            SELECT :key, to_number, document, filename, reference, retries, metadata
+            FROM fax_outbox WHERE id = :id
+            ON CONFLICT (idempotency_key) DO NOTHING
+            RETURNING id
+            """
+        ),
+        {"id": fax_id, "key": idempotency_key},
+    ).scalar_one_or_none()
+    if created is not None:
+        return int(created), True
+    existing = conn.execute(
+        text("SELECT id FROM fax_outbox WHERE idempotency_key = :key"), {"key": idempotency_key}
+    ).scalar_one()
+    return int(existing), False
+
+
+def record_action(
+    conn: Connection,
+    fax_id: int,
+    *,
+    action: str,
+    actor: str,
+    from_status: str,
+    to_status: str,
+    detail: Mapping[str, Any],
+    now: datetime | None,
+) -> None:
+    """Add one entry to a fax's operator history (fax_actions)."""
+    conn.execute(
+        text(
+            """
+            INSERT INTO fax_actions (fax_id, action, actor, at, from_status, to_status, detail)
+            VALUES (:fax_id, :action, :actor, coalesce(CAST(:now AS timestamptz), now()),
+                    :from_status, :to_status, CAST(:detail AS jsonb))
+            """
+        ),
+        {
+            "fax_id": fax_id,
+            "action": action,
+            "actor": actor,
+            "now": now,
+            "from_status": from_status,
+            "to_status": to_status,
+            "detail": json.dumps(dict(detail)),
+        },
+    )
+
+
+def resends_of(conn: Connection, fax_id: int) -> list[int]:
+    """Ids of the new faxes an operator made from fax `fax_id`, oldest first."""
+    result = conn.execute(
+        text(
+            "SELECT (detail->>'new_fax_id')::bigint FROM fax_actions "
+            "WHERE fax_id = :id AND action = 'resend' ORDER BY id"
+        ),
+        {"id": fax_id},
+    )
+    return [int(new_id) for (new_id,) in result]
+
+
+def fax_ids_in_status(conn: Connection, status: FaxStatus, *, limit: int) -> list[int]:
+    """Ids of up to `limit` rows in `status`, oldest first (a bulk action's targets)."""
+    result = conn.execute(
+        text(
+            "SELECT id FROM fax_outbox WHERE status = CAST(:status AS fax_status) "
+            "ORDER BY id LIMIT :limit"
+        ),
+        {"status": status.value, "limit": limit},
+    )
+    return [row_id for (row_id,) in result]
+
+
 # --- fleet pauses ------------------------------------------------------------------------------
 
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import random
+import re
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -41,6 +42,7 @@ from outbox.errors import (
     UnexpectedError,
     ValidationFailed,
 )
+from outbox.keys import IDEMPOTENCY_SAFETY_MARGIN, IDEMPOTENCY_WINDOW
 from outbox.models import TERMINAL_STATUSES, FaxStatus, Outcome, PauseReason
 from outbox.pause import PauseMirror, pause_in_transaction
 from outbox.redaction import mask_number
@@ -59,14 +61,23 @@ from outbox.validation import check_document, check_number, check_retries
 if TYPE_CHECKING:  # the client brings httpx; submit needs only the shape of its answer
     from outbox.fax_client import SubmitResult
 
-__all__ = ["FaxSender", "Outcome", "SubmitContext", "submit_fax", "submit_faxes"]
+__all__ = [
+    "IDEMPOTENCY_SAFETY_MARGIN",
+    "IDEMPOTENCY_WINDOW",
+    "FaxSender",
+    "Outcome",
+    "SubmitContext",
+    "SubmitReport",
+    "describe_reports",
+    "submit_fax",
+    "submit_faxes",
+    "submit_reports",
+]
 
 log = logging.getLogger("faxout.submit")
 
-# mintfax keeps idempotency keys for 24 h. Past that, a resend of a row whose first attempt has
-# an unknown outcome could create a second fax, so such rows are parked for a human instead.
-IDEMPOTENCY_WINDOW = timedelta(hours=24)
-IDEMPOTENCY_SAFETY_MARGIN = timedelta(minutes=30)
+# IDEMPOTENCY_WINDOW, IDEMPOTENCY_SAFETY_MARGIN (outbox/keys.py): past mintfax's 24 h key
+# window, a row whose outcome may be unknown is parked for a human instead of being resent.
 
 
 class FaxSender(Protocol):
@@ -138,6 +149,94 @@ class _Plan:
     request_id: str | None = None
 
 
+# What may appear of an error code in a report: a code, never free text (which could quote a
+# number or anything else a server chose to put there).
+_CODE = re.compile(r"[A-Za-z][A-Za-z0-9_.-]{0,63}")
+# Errors of our own machinery, not answers about the fax: the task could not do its job.
+_OWN_FAULTS = frozenset({"FleetStateUnavailable", "UnexpectedError"})
+
+
+@dataclass(frozen=True, slots=True)
+class SubmitReport:
+    """What one submission of a row did, in words fit for a task's result (Flower): the row
+    id, codes and delays, never a phone number, a document or a secret."""
+
+    fax_id: int
+    outcome: Outcome
+    # When the row is due again (it waits in `pending`), and when that was decided.
+    retry_at: datetime | None = None
+    decided_at: datetime | None = None
+    http_status: int | None = None
+    # mintfax's `error` code, or the class name of our own error.
+    error: str | None = None
+    # The row's `status_reason` when it left for rejected, failed or needs_review.
+    reason: str | None = None
+    # The fleet pause this submission opened (a fault of the setup: 401, 402, a wrong URL).
+    paused: PauseReason | None = None
+
+    @property
+    def fault(self) -> bool:
+        """True when the fax could not be tried because of a fault of ours or of the setup (a
+        pause it opened, Redis unreachable, a bug, a lost lease), not because of an answer
+        about the fax itself: its task did not do its job and shows as failed."""
+        return (
+            self.outcome is Outcome.LEASE_LOST
+            or self.paused is not None
+            or self.error in _OWN_FAULTS
+        )
+
+    def describe(self) -> str:
+        """One line: `1234: submitted`, `1235: retry in 7 s (503)`."""
+        cause = " ".join(
+            part
+            for part in (
+                str(self.http_status) if self.http_status is not None else None,
+                self.error if self.error and _CODE.fullmatch(self.error) else None,
+            )
+            if part
+        )
+        suffix = f" ({cause})" if cause else ""
+        wait = ""
+        if self.retry_at is not None and self.decided_at is not None:
+            seconds = max(0.0, (self.retry_at - self.decided_at).total_seconds())
+            wait = f"in {seconds:.0f} s" if seconds >= 1 else "now"
+        match self.outcome:
+            case Outcome.SUBMITTED:
+                text = "submitted"
+            case Outcome.REPLAYED:
+                text = "submitted (replay of an earlier 201)"
+                suffix = ""
+            case Outcome.RETRY_SCHEDULED:
+                text = f"retry {wait}"
+            case Outcome.RATE_LIMITED:
+                text = f"rate limited, fleet waits, retry {wait}"
+            case Outcome.IN_PROGRESS:
+                text = f"key in progress at mintfax, retry {wait}"
+            case Outcome.THROTTLED:
+                text = f"throttled, due again {wait}"
+            case Outcome.PAUSED:
+                what = f"paused the fleet: {self.paused}" if self.paused else "fleet paused"
+                text = f"not sent, {what}"
+            case Outcome.REJECTED | Outcome.REJECTED_LOCALLY | Outcome.FAILED:
+                where = " locally" if self.outcome is Outcome.REJECTED_LOCALLY else ""
+                status = "failed" if self.outcome is Outcome.FAILED else "rejected"
+                text = f"{status}{where}" + (f": {self.reason}" if self.reason else "")
+            case Outcome.NEEDS_REVIEW:
+                text = "needs review" + (f": {self.reason}" if self.reason else "")
+            case Outcome.NOT_CLAIMED:
+                text = "skipped (already taken, finished or not due)"
+            case Outcome.LEASE_LOST:
+                text = "lease lost (another worker or the rescuer has it)"
+            case _:
+                text = str(self.outcome)
+        return f"{self.fax_id}: {text.strip()}{suffix}"
+
+
+def describe_reports(reports: Sequence[SubmitReport]) -> str:
+    """A task's result: each fax and what became of it, `1234: submitted; 1235: retry ...`."""
+    return "; ".join(report.describe() for report in reports)
+
+
 def submit_fax(ctx: SubmitContext, fax_id: int) -> Outcome:
     """Try to hand row `fax_id` to mintfax once; safe to call any number of times per row."""
     return submit_faxes(ctx, [fax_id])[0]
@@ -145,12 +244,17 @@ def submit_fax(ctx: SubmitContext, fax_id: int) -> Outcome:
 
 def submit_faxes(ctx: SubmitContext, fax_ids: Sequence[int]) -> list[Outcome]:
     """`submit_fax` for each row of one message, in order."""
+    return [report.outcome for report in submit_reports(ctx, fax_ids)]
+
+
+def submit_reports(ctx: SubmitContext, fax_ids: Sequence[int]) -> list[SubmitReport]:
+    """`submit_faxes`, with what became of each row told (`SubmitReport`)."""
     # One connection for the whole message: one checkout (and liveness ping), not one per fax.
     with ctx.fast_engine.connect() as conn:
         return [_submit(ctx, conn, fax_id) for fax_id in fax_ids]
 
 
-def _submit(ctx: SubmitContext, conn: Connection, fax_id: int) -> Outcome:
+def _submit(ctx: SubmitContext, conn: Connection, fax_id: int) -> SubmitReport:
     # The lease ends `lease_seconds` after the claim on the database's clock; measured from
     # before the claim on this host's monotonic clock, this deadline is never later than that.
     lease_deadline = ctx.monotonic() + ctx.lease_seconds
@@ -163,7 +267,7 @@ def _submit(ctx: SubmitContext, conn: Connection, fax_id: int) -> Outcome:
             lease_seconds=ctx.lease_seconds,
         )
     if claimed is None:
-        return Outcome.NOT_CLAIMED
+        return SubmitReport(fax_id, Outcome.NOT_CLAIMED)
     now = claimed.claimed_at or ctx.clock.now()
 
     refusal = _refusal(ctx, claimed, now)
@@ -183,7 +287,9 @@ def _submit(ctx: SubmitContext, conn: Connection, fax_id: int) -> Outcome:
         )
         decision = decide(now, claimed.attempts, exc, ctx.policy, ctx.rng)
         if isinstance(decision, RetryAt):
-            return _release(ctx, conn, claimed, decision.at, decision.outcome)
+            return _release(
+                ctx, conn, claimed, decision.at, decision.outcome, error=type(exc).__name__
+            )
         return _apply(ctx, conn, claimed, plan_failure(claimed, exc, decision, now), now, 0)
     if held is not None:
         return held
@@ -202,7 +308,7 @@ def _submit(ctx: SubmitContext, conn: Connection, fax_id: int) -> Outcome:
             claimed.id,
             extra={"action": "submit.lease_lost", "fax_id": claimed.id},
         )
-        return Outcome.LEASE_LOST
+        return SubmitReport(claimed.id, Outcome.LEASE_LOST)
     if not may_post:  # too little lease left for the request: give it back, unsent
         return _release(ctx, conn, claimed, ctx.clock.now(), Outcome.THROTTLED)
 
@@ -246,7 +352,7 @@ def _fail(
     started: datetime,
     duration_ms: int,
     posted: bool = False,
-) -> Outcome:
+) -> SubmitReport:
     now = ctx.clock.now()
     decision = decide(
         now,
@@ -262,7 +368,7 @@ def _fail(
 
 def _wait_for_turn(
     ctx: SubmitContext, conn: Connection, claimed: ClaimedFax, lease_deadline: float
-) -> Outcome | None:
+) -> SubmitReport | None:
     """None once a throttle token is held; else the row was given back (paused, throttled).
 
     The throttle's script also reads the pause mirror (its gate), so "paused?" and "my turn?"
@@ -335,9 +441,11 @@ def plan_failure(
 def _refusal(ctx: SubmitContext, claimed: ClaimedFax, now: datetime) -> FaxOutboxError | None:
     """Why this row must not be sent now, as the error that says so; None to send it."""
     # The window counts from the first POST (a claim given back unsent starts nothing), on
-    # the database's clock (`now` is the claim's).
+    # the database's clock (`now` is the claim's). `outcome_unknown` too, not only a used
+    # attempt: an operator's retry (outbox/operations.py) gives a row fresh attempts but keeps
+    # its first POST and what it may have created.
     if (
-        claimed.attempts > 0
+        (claimed.attempts > 0 or claimed.outcome_unknown)
         and claimed.first_attempt_at is not None
         and now - claimed.first_attempt_at > IDEMPOTENCY_WINDOW - IDEMPOTENCY_SAFETY_MARGIN
     ):
@@ -376,8 +484,14 @@ def api_key_problem(key: SecretStr, environment: Environment) -> ApiKeyMismatch 
 
 
 def _release(
-    ctx: SubmitContext, conn: Connection, claimed: ClaimedFax, at: datetime, outcome: Outcome
-) -> Outcome:
+    ctx: SubmitContext,
+    conn: Connection,
+    claimed: ClaimedFax,
+    at: datetime,
+    outcome: Outcome,
+    *,
+    error: str | None = None,
+) -> SubmitReport:
     """Give the row back without using an attempt (pause or throttle wait)."""
     with conn.begin():
         kept = repository.update_claimed(
@@ -386,7 +500,9 @@ def _release(
             token=claimed.lease_token,
             values={"status": FaxStatus.PENDING, "next_attempt_at": at},
         )
-    return outcome if kept else Outcome.LEASE_LOST
+    if not kept:
+        return SubmitReport(claimed.id, Outcome.LEASE_LOST)
+    return SubmitReport(claimed.id, outcome, retry_at=at, decided_at=ctx.clock.now(), error=error)
 
 
 def _apply(
@@ -398,7 +514,7 @@ def _apply(
     duration_ms: int,
     *,
     posted: bool = False,
-) -> Outcome:
+) -> SubmitReport:
     """Record the plan under the claim's lease. If the lease was lost and a POST was made,
     its result is still logged and acted on (`posted`)."""
     if plan.cooldown is not None:
@@ -425,11 +541,11 @@ def _apply(
                 conn, claimed.id, token=token, values=plan.values, attempt=attempt
             )
         if not kept and posted:
-            return _record_lost_lease_post(ctx, claimed, plan, attempt)
+            return _report(ctx, claimed, plan, _record_lost_lease_post(ctx, claimed, plan, attempt))
         _log_outcome(claimed, plan, duration_ms)
         if kept and plan.outcome is Outcome.REJECTED and ctx.rejection_breaker:
             _trip_breaker_if_needed(ctx, claimed, error or {})
-        return plan.outcome if kept else Outcome.LEASE_LOST
+        return _report(ctx, claimed, plan, plan.outcome if kept else Outcome.LEASE_LOST)
     alert_ids: list[int] = []
     with ctx.engine.begin() as tx:
         kept = repository.finish_claimed(
@@ -458,7 +574,22 @@ def _apply(
             ctx.mirror.publish(repository.open_pauses(conn))
     ctx.alerter.deliver(ctx.engine, alert_ids)
     _log_outcome(claimed, plan, duration_ms)
-    return plan.outcome if kept else Outcome.LEASE_LOST
+    return _report(ctx, claimed, plan, plan.outcome if kept else Outcome.LEASE_LOST)
+
+
+def _report(ctx: SubmitContext, claimed: ClaimedFax, plan: _Plan, outcome: Outcome) -> SubmitReport:
+    """What `plan`, recorded with `outcome`, did to the row, for the task's result."""
+    error = plan.values.get("last_error") or {}
+    return SubmitReport(
+        claimed.id,
+        outcome,
+        retry_at=plan.values.get("next_attempt_at") if outcome is plan.outcome else None,
+        decided_at=ctx.clock.now(),
+        http_status=plan.http_status,
+        error=error.get("error") or error.get("kind"),
+        reason=plan.values.get("status_reason"),
+        paused=plan.pause,
+    )
 
 
 def _trip_breaker_if_needed(
