@@ -164,7 +164,9 @@ class Side(abc.ABC):
         self.rounds: list[dict[str, Any]] = []
 
     def reset(self) -> None:
-        self.conn.execute("TRUNCATE fax_outbox, fax_attempts, alerts")
+        # CASCADE: every table that references fax_outbox (fax_events since migration 0008,
+        # and any added later), not a list that falls behind the schema.
+        self.conn.execute("TRUNCATE fax_outbox, alerts CASCADE")
         self.conn.commit()
 
     def round(self, count: int, label: str, *, record: bool = True) -> dict[str, Any]:

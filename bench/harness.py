@@ -190,6 +190,54 @@ def machine() -> dict[str, Any]:
     }
 
 
+def host() -> dict[str, Any]:
+    """The machine in words, for bench/RESULTS.md: CPU model and count, memory, OS, Python.
+
+    Read from /proc and /etc/os-release (Linux); a field that cannot be read says "unknown".
+    """
+
+    def first(path: str, key: str, sep: str = ":") -> str:
+        with contextlib.suppress(OSError):
+            for line in Path(path).read_text(encoding="utf-8").splitlines():
+                name, _, value = line.partition(sep)
+                if name.strip() == key:
+                    return value.strip().strip('"')
+        return "unknown"
+
+    memory = first("/proc/meminfo", "MemTotal")  # "8123456 kB"
+    memory_gib = (
+        f"{int(memory.split()[0]) / 1024**2:.1f} GiB" if memory[:1].isdigit() else "unknown"
+    )
+    return {
+        "cpu_model": first("/proc/cpuinfo", "model name"),
+        "cpus": os.cpu_count(),
+        "memory": memory_gib,
+        "os": f"{first('/etc/os-release', 'PRETTY_NAME', '=')}, kernel {platform.release()}",
+        "python": sys.version.split()[0],
+    }
+
+
+def server_versions() -> dict[str, str]:
+    """The Postgres and Redis versions of the servers the benchmarks use (as `services()` picks
+    them: `DATABASE_URL` / `REDIS_URL`, else embedded ones, started here to ask)."""
+    with services() as urls:
+        with psycopg.connect(libpq_url(urls.database_url)) as conn:
+            row = conn.execute("SHOW server_version").fetchone()
+        client = redis.Redis.from_url(urls.redis_url)
+        try:
+            info = client.info("server")
+        finally:
+            client.close()
+    where = {
+        "postgres": "DATABASE_URL" if os.environ.get("DATABASE_URL") else "embedded",
+        "redis": "REDIS_URL" if os.environ.get("REDIS_URL") else "embedded",
+    }
+    return {
+        "postgres": f"{row[0] if row else 'unknown'} ({where['postgres']})",
+        "redis": f"{info.get('redis_version', 'unknown')} ({where['redis']})",
+    }
+
+
 def write_results(name: str, result: dict[str, Any]) -> Path:
     """Write `bench/results/<name>.json`; returns its path."""
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
