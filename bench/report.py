@@ -514,7 +514,8 @@ def render(
     ]
     if quick:
         lines.append(
-            f"- **Quick run** (`--quick`: smaller tables, fewer rounds) for: {', '.join(quick)}. "
+            "- **Quick run** (`--quick`: smaller tables, fewer rounds) for: "
+            f"{'every benchmark' if len(quick) == len(outcomes) else ', '.join(quick)}. "
             "A rehearsal, not the figures to quote."
         )
     if unmanaged:
