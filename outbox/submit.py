@@ -199,10 +199,10 @@ class SubmitReport:
         wait = ""
         if self.retry_at is not None and self.decided_at is not None:
             seconds = max(0.0, (self.retry_at - self.decided_at).total_seconds())
-            wait = f"in {seconds:.0f} s" if seconds >= 1 else "now"
+            wait = f"in {seconds:.1f} s" if seconds < 10 else f"in {seconds:.0f} s"
         match self.outcome:
             case Outcome.SUBMITTED:
-                text = "submitted"
+                text, suffix = "submitted", ""
             case Outcome.REPLAYED:
                 text = "submitted (replay of an earlier 201)"
                 suffix = ""

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from collections import Counter
-
-from outbox.submit import submit_faxes
+from outbox.errors import SubmitIncomplete
+from outbox.submit import describe_reports, submit_reports
 from workers.app import (
     APPLY_RETENTION_TASK,
     DELIVER_ALERTS_TASK,
@@ -19,16 +18,27 @@ from workers.app import (
 from workers.runtime import Runtime
 
 
-@app.task(name=SUBMIT_TASK, ignore_result=True)
+# The result is not stored (no result backend): the worker's `task-succeeded` event carries its
+# repr, which Flower shows; Celery cuts that repr at `resultrepr_maxsize` (1024 by default),
+# too short for a full message of MAX_IDS_PER_MESSAGE faxes. `throws`: SubmitIncomplete marks
+# the task failed (Flower) but is logged in one line, not as a crash with a traceback: the submit
+# path has already logged the cause, and the rows go on by themselves.
+@app.task(name=SUBMIT_TASK, ignore_result=True, resultrepr_maxsize=8192, throws=(SubmitIncomplete,))
 def submit_fax(fax_ids: list[int] | int) -> str:
     """Submit outbox rows (a list of ids, or one id) to mintfax, one after the other.
 
     Each row is claimed on its own, so a row already taken, finished or rescheduled is
-    skipped; a redelivered message redoes only what is still claimable.
+    skipped; a redelivered message redoes only what is still claimable. Returns each fax and
+    what became of it (`1234: submitted; 1235: retry in 7 s (503)`); raises `SubmitIncomplete`
+    with the same text, after every row was handled, when a fault of ours or of the setup kept
+    a fax from being tried, so that the task shows as failed.
     """
     ids = [fax_ids] if isinstance(fax_ids, int) else [int(fax_id) for fax_id in fax_ids]
-    outcomes = Counter(o.value for o in submit_faxes(Runtime.get().submit_context, ids))
-    return ", ".join(f"{outcome}={count}" for outcome, count in sorted(outcomes.items()))
+    reports = submit_reports(Runtime.get().submit_context, ids)
+    summary = describe_reports(reports)
+    if any(report.fault for report in reports):
+        raise SubmitIncomplete(summary)
+    return summary
 
 
 @app.task(name=RESCUE_TASK, ignore_result=True)

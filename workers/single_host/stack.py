@@ -167,10 +167,17 @@ class Stack:
         self._wait_http(f"{base}/healthz", name)
         return f"{base}/webhooks/mintfax"
 
-    def start_flower(self, port: int | None = None, *, api: bool = False) -> str:
+    def start_flower(
+        self, port: int | None = None, *, api: bool = False, basic_auth: str | None = None
+    ) -> str:
         """Start Flower on 127.0.0.1; returns its address. `api` opens its HTTP API without
-        authentication (tests only)."""
+        authentication (tests only); `basic_auth` (`user:password`) requires that login for
+        every page and the API, given in the environment (FLOWER_BASIC_AUTH), not the argv
+        that `ps` shows."""
         port = port or free_port()
+        env = {"FLOWER_UNAUTHENTICATED_API": "true"} if api else {}
+        if basic_auth is not None:
+            env["FLOWER_BASIC_AUTH"] = basic_auth
         self._spawn(
             "flower",
             [
@@ -183,7 +190,7 @@ class Stack:
                 f"--port={port}",
                 "--address=127.0.0.1",
             ],
-            env={"FLOWER_UNAUTHENTICATED_API": "true"} if api else None,
+            env=env,
         )
         url = f"http://127.0.0.1:{port}"
         self._wait_http(f"{url}/healthcheck", "flower", timeout=30)
