@@ -590,14 +590,40 @@ def load_runs(results_dir: Path) -> dict[str, dict[str, Any]]:
     return {}
 
 
-def script_args(name: str, quick: bool) -> list[str]:
+def script_args(name: str, quick: bool, bench_dir: Path = BENCH_DIR) -> list[str]:
     """The arguments `name` is run with: its quick mode when asked, else none."""
     if not quick:
         return []
     if name in QUICK_ARGS:
         return list(QUICK_ARGS[name])
-    source = (BENCH_DIR / f"{name}.py").read_text(encoding="utf-8")
+    source = (bench_dir / f"{name}.py").read_text(encoding="utf-8")
     return ["--quick"] if "--quick" in source else []
+
+
+def run_all(
+    chosen: list[str],
+    *,
+    quick: bool,
+    timeout: float,
+    bench_dir: Path = BENCH_DIR,
+    results_dir: Path = RESULTS_DIR,
+) -> dict[str, dict[str, Any]]:
+    """Run `chosen` one after the other, whatever each one's outcome; returns every run known
+    (earlier ones included), saved to runs.json after each benchmark."""
+    runs = load_runs(results_dir)
+    if not chosen:
+        return runs
+    with Progress(len(chosen)) as progress:
+        for name in chosen:
+            bench_args = script_args(name, quick, bench_dir)
+            progress.start(name, bench_args)
+            runs[name] = run_one(
+                name, bench_args, timeout, progress, bench_dir=bench_dir, results_dir=results_dir
+            )
+            # Saved at once, so a report written after an interrupted run still knows it.
+            (results_dir / RUNS).write_text(json.dumps(runs, indent=2) + "\n", encoding="utf-8")
+            progress.done(read_outcome(name, results_dir, runs[name]))
+    return runs
 
 
 def run_one(
@@ -775,16 +801,7 @@ def main() -> int:
             parser.error(f"no such benchmark: {', '.join(unknown)} (there are {', '.join(names)})")
     if args.report_only:
         chosen = []
-    runs = load_runs(RESULTS_DIR)
-    if chosen:
-        with Progress(len(chosen)) as progress:
-            for name in chosen:
-                bench_args = script_args(name, args.quick)
-                progress.start(name, bench_args)
-                runs[name] = run_one(name, bench_args, args.timeout, progress)
-                RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-                (RESULTS_DIR / RUNS).write_text(json.dumps(runs, indent=2) + "\n")
-                progress.done(read_outcome(name, RESULTS_DIR, runs[name]))
+    runs = run_all(chosen, quick=args.quick, timeout=args.timeout)
     outcomes = [read_outcome(name, RESULTS_DIR, runs.get(name)) for name in names]
     REPORT.write_text(
         render(

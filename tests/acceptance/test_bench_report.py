@@ -12,14 +12,23 @@ from typing import Any
 
 from bench import report
 
+# Fake benchmarks write where the real ones do: results/<name>.json beside the bench directory.
 WRITES_AND_MISSES = """
 import json, pathlib, sys
-out = pathlib.Path(sys.argv[1])
-out.write_text(json.dumps({"met": False, "args": sys.argv[2:]}))
+here = pathlib.Path(__file__)
+out = here.parent.parent / "results" / (here.stem + ".json")
+out.write_text(json.dumps({"met": False, "args": sys.argv[1:]}))
 sys.exit(1)
 """
 CRASHES = """
 raise RuntimeError("benchmark crashed before writing")
+"""
+OK = """
+import json, pathlib, sys
+# Accepts --quick, as most scripts do.
+pathlib.Path(__file__).parent.parent.joinpath("results", "c_ok.json").write_text(
+    json.dumps({"met": "--quick" in sys.argv})
+)
 """
 # Stands for a benchmark stuck with a fleet running: its `finally` is where the fleet stops.
 HANGS = """
@@ -49,7 +58,7 @@ def test_a_missed_target_still_counts_its_fresh_results(tmp_path: Path) -> None:
     bench.mkdir()
     script(bench, "fake", WRITES_AND_MISSES)
     out = results / "fake.json"
-    run_info = run(bench, results, "fake", [str(out), "--quick"])
+    run_info = run(bench, results, "fake", ["--quick"])
     assert run_info["exit_code"] == 1
     assert run_info["wrote_results"] is True
     assert run_info["timed_out"] is False
@@ -100,3 +109,24 @@ def test_the_interpreter_is_the_one_running_the_report(tmp_path: Path) -> None:
     out = results / "fake.json"
     run(bench, results, "fake", [str(out)])
     assert out.read_text() == sys.executable
+
+
+def test_every_benchmark_runs_even_after_one_crashes_or_misses(tmp_path: Path) -> None:
+    # make bench's contract: one benchmark's failure never keeps the next from running.
+    bench, results = tmp_path / "bench", tmp_path / "results"
+    bench.mkdir()
+    results.mkdir()
+    for name, body in [("a_crash", CRASHES), ("b_miss", WRITES_AND_MISSES), ("c_ok", OK)]:
+        script(bench, name, body)
+    (results / "runs.json").write_text(json.dumps({"older": {"exit_code": 0}}))
+    runs = report.run_all(
+        report.discover(bench), quick=True, timeout=60, bench_dir=bench, results_dir=results
+    )
+    assert runs["a_crash"]["exit_code"] == 1
+    assert runs["a_crash"]["wrote_results"] is False
+    assert runs["b_miss"]["wrote_results"] is True
+    assert runs["c_ok"]["exit_code"] == 0
+    assert runs["c_ok"]["wrote_results"] is True
+    assert runs["c_ok"]["args"] == ["--quick"]  # the script has a --quick flag
+    assert runs["older"] == {"exit_code": 0}  # --only keeps what it did not re-run
+    assert json.loads((results / "runs.json").read_text()) == runs
