@@ -664,8 +664,13 @@ def run_one(
                     break
                 time.sleep(0.5)
         except KeyboardInterrupt:
-            process.send_signal(signal.SIGINT)
-            process.wait(60)
+            # Ctrl-C reached the benchmark too (same process group); give it time to stop
+            # its fleet, then make sure it is gone before the report gives up.
+            try:
+                process.wait(60)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
             raise
     after = results.stat().st_mtime if results.exists() else None
     return {
