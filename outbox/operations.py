@@ -52,6 +52,7 @@ __all__ = [
     "ActionResult",
     "BulkResult",
     "FaxDetail",
+    "bulk_status",
     "cancel_all",
     "cancel_fax",
     "count_in_status",
@@ -290,6 +291,29 @@ def cancel_fax(
     )
 
 
+def bulk_status(action: str, status: FaxStatus | str, *, new_key: bool = False) -> FaxStatus:
+    """The status a bulk `action` ("retry" or "cancel") may act on, or `ValidationFailed`:
+    retry takes pending and needs_review (with --new-key: needs_review, failed, rejected,
+    cancelled), cancel takes pending and needs_review."""
+    wanted = _statuses(status)[0]
+    allowed: tuple[FaxStatus, ...]
+    if action == "cancel":
+        allowed, verb = CANCELLABLE, "cancel"
+    else:
+        allowed = RESENDABLE if new_key else (FaxStatus.PENDING, FaxStatus.NEEDS_REVIEW)
+        verb = "retry --new-key" if new_key else "retry"
+    if wanted not in allowed:
+        raise ValidationFailed(
+            [
+                FieldError(
+                    "status",
+                    f"{verb} applies to {', '.join(s.value for s in allowed)}, not {wanted.value}",
+                )
+            ]
+        )
+    return wanted
+
+
 def retry_all(
     engine: Engine,
     status: FaxStatus | str,
@@ -300,20 +324,12 @@ def retry_all(
 ) -> BulkResult:
     """`retry_fax` for every fax in `status` (oldest first, up to `limit`), each in its own
     transaction."""
-    wanted = _statuses(status)[0]
-    allowed = RESENDABLE if new_key else (FaxStatus.PENDING, FaxStatus.NEEDS_REVIEW)
-    if wanted not in allowed:
-        raise ValidationFailed(
-            [
-                FieldError(
-                    "status",
-                    f"retry{' --new-key' if new_key else ''} applies to "
-                    f"{', '.join(s.value for s in allowed)}, not {wanted.value}",
-                )
-            ]
-        )
+    wanted = bulk_status("retry", status, new_key=new_key)
     return _bulk(
-        engine, wanted, limit, lambda conn, one: retry_fax(conn, one, actor=actor, new_key=new_key)
+        engine,
+        wanted,
+        limit,
+        lambda conn, one: retry_fax(conn, one, actor=actor, new_key=new_key),
     )
 
 
@@ -321,16 +337,7 @@ def cancel_all(
     engine: Engine, status: FaxStatus | str, *, actor: str, limit: int = BULK_LIMIT
 ) -> BulkResult:
     """`cancel_fax` for every fax in `status` (pending or needs_review), oldest first."""
-    wanted = _statuses(status)[0]
-    if wanted not in CANCELLABLE:
-        raise ValidationFailed(
-            [
-                FieldError(
-                    "status",
-                    f"only pending and needs_review faxes can be cancelled, not {wanted.value}",
-                )
-            ]
-        )
+    wanted = bulk_status("cancel", status)
     return _bulk(engine, wanted, limit, lambda conn, one: cancel_fax(conn, one, actor=actor))
 
 

@@ -450,6 +450,318 @@ def resume() -> None:
         out.print(f"resumed: {episode.reason} (episode {episode.id})")
 
 
+# --- fax history and actions (outbox/operations.py) --------------------------------------------
+# Lists mask recipients (they are read over shoulders and pasted into tickets); `show` gives the
+# number in full, as an operator checking a failed or rejected fax must see what was dialled.
+
+
+def _actor(name: str | None) -> str:
+    """Who acts: `--as NAME` (with the OS account that ran the command), else the OS user."""
+    return _operator() if name is None else f"{name} ({_operator()})"
+
+
+def _json_out(value: Any) -> None:
+    import json as json_lib
+
+    from outbox.operations import jsonable
+
+    typer.echo(json_lib.dumps(jsonable(value), indent=2))
+
+
+def _when(moment: Any) -> str:
+    return "" if moment is None else f"{moment:%Y-%m-%d %H:%M:%S}"
+
+
+@app.command("list")
+def list_faxes(
+    status: Annotated[
+        list[str] | None, typer.Option("--status", help="Only this status (repeatable).")
+    ] = None,
+    reference: Annotated[str | None, typer.Option(help="Only this exact reference.")] = None,
+    since: Annotated[
+        str | None, typer.Option(help="Created since: ISO date/time (UTC), or an age: 90m, 2h, 3d.")
+    ] = None,
+    limit: Annotated[int, typer.Option(help="At most this many rows, newest first.", min=1)] = 50,
+    as_json: Annotated[bool, typer.Option("--json", help="JSON for scripts.")] = False,
+) -> None:
+    """Faxes newest first, with status, reason, masked recipient, attempts and last error."""
+    from rich.table import Table
+
+    from outbox import operations
+
+    engine = _engine(load_settings())
+    try:
+        with _database_errors(), engine.connect() as conn:
+            rows = operations.list_faxes(
+                conn,
+                status=status or None,
+                reference=reference,
+                since=operations.parse_since(since) if since else None,
+                limit=limit,
+            )
+    except ValidationFailed as exc:
+        _fail([str(e) for e in exc.errors])
+    finally:
+        engine.dispose()
+    if as_json:
+        _json_out(rows)
+        return
+    table = Table(title=f"faxes ({len(rows)}, newest first)")
+    for column in ("id", "status", "reason", "reference", "to", "tries", "created", "last error"):
+        table.add_column(column, overflow="fold")
+    for row in rows:
+        error = " ".join(
+            str(part)
+            for part in (row["last_http_status"], row["last_error_code"] or row["error_code"])
+            if part
+        ) or (row["last_error_kind"] or "")
+        table.add_row(
+            str(row["id"]),
+            row["status"].value,
+            row["status_reason"] or "",
+            row["reference"],
+            row["to"],
+            str(row["attempts"]),
+            _when(row["created_at"]),
+            error,
+        )
+    out.print(table, markup=False, highlight=False)
+
+
+@app.command()
+def show(
+    fax_id: Annotated[int | None, typer.Argument(help="The fax's id.")] = None,
+    reference: Annotated[
+        str | None, typer.Option(help="Every fax of this reference instead.")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="JSON for scripts.")] = False,
+) -> None:
+    """One fax whole: its row, every attempt (mintfax's error, action, request_id), every
+    webhook event, every operator action and alert. Exit 1 if there is no such fax."""
+    from outbox import operations
+
+    if (fax_id is None) == (reference is None):
+        _fail(["give a fax ID or --reference R"])
+    engine = _engine(load_settings())
+    try:
+        with _database_errors(), engine.connect() as conn:
+            details = operations.show_fax(conn, fax_id, reference=reference)
+    finally:
+        engine.dispose()
+    if not details:
+        _fail(
+            [f"no fax {fax_id}" if fax_id is not None else f"no fax with reference {reference}"], 1
+        )
+    if as_json:
+        _json_out([d.as_json() for d in details] if reference is not None else details[0].as_json())
+        return
+    for detail in details:
+        _print_detail(detail)
+
+
+def _print_detail(detail: Any) -> None:
+    from rich.table import Table
+
+    row = detail.row
+    out.rule(f"fax {row['id']}: {row['status'].value}", style="bold")
+    skip = {"id", "status", "last_error", "metadata"}
+    for name, value in row.items():
+        if name not in skip and value is not None and value != "":
+            shown = _when(value) if hasattr(value, "tzinfo") else value
+            out.print(f"{name:>18}: {shown}", markup=False, highlight=False)
+    if row.get("metadata"):
+        out.print(f"{'metadata':>18}: {row['metadata']}", markup=False, highlight=False)
+    if row.get("last_error"):
+        out.print(f"{'last_error':>18}: {row['last_error']}", markup=False, highlight=False)
+    attempts = Table(title="attempts", title_justify="left")
+    for column in (
+        "#",
+        "started",
+        "ms",
+        "worker",
+        "outcome",
+        "http",
+        "error",
+        "action",
+        "request_id",
+        "message",
+    ):
+        attempts.add_column(column, overflow="fold")
+    for a in detail.attempts:
+        attempts.add_row(
+            str(a["attempt"]),
+            _when(a["started_at"]),
+            str(a["duration_ms"]),
+            a["worker"] or "",
+            a["outcome"] + (" (lease lost)" if a["lease_lost"] else ""),
+            str(a["http_status"] or ""),
+            a["error_code"] or "",
+            a["action"] or "",
+            a["request_id"] or "",
+            a["message"] or "",
+        )
+    out.print(attempts, markup=False, highlight=False)
+    events = Table(title="webhook events", title_justify="left")
+    for column in ("occurred", "type", "event_id", "outcome", "status", "error"):
+        events.add_column(column, overflow="fold")
+    for e in detail.events:
+        seen = e["observation"] or {}
+        events.add_row(
+            _when(e["occurred_at"]),
+            e["event_type"],
+            e["event_id"],
+            e["outcome"],
+            str(seen.get("status") or ""),
+            str(seen.get("error_code") or ""),
+        )
+    out.print(events, markup=False, highlight=False)
+    for a in detail.actions:
+        out.print(
+            f"action {_when(a['at'])} {a['action']} by {a['actor']}: {a['from_status']} -> "
+            f"{a['to_status']} {a['detail'] or ''}",
+            markup=False,
+            highlight=False,
+        )
+    for a in detail.alerts:
+        out.print(
+            f"alert {_when(a['created_at'])} [{a['severity']}] {a['kind']}: {a['message']}",
+            markup=False,
+            highlight=False,
+        )
+
+
+def _act_on_one(what: str, act: Callable[[Any], Any]) -> None:
+    from outbox.errors import OperationRefused
+
+    engine = _engine(load_settings())
+    try:
+        with _database_errors(), engine.begin() as conn:
+            result = act(conn)
+    except OperationRefused as exc:
+        _fail([f"{what} refused: {exc}"], code=1)
+    except ValidationFailed as exc:
+        _fail([str(e) for e in exc.errors])
+    finally:
+        engine.dispose()
+    _print_action(result)
+
+
+def _print_action(result: Any) -> None:
+    typer.echo(
+        f"fax {result.fax_id}: {result.from_status.value} -> {result.to_status.value}: "
+        f"{result.message}"
+    )
+    if result.warning:
+        typer.echo(f"fax {result.fax_id}: warning: {result.warning}")
+
+
+def _act_on_status(
+    status: str, verb: str, yes: bool, note: str, act: Callable[[Engine], Any], new_key: bool
+) -> None:
+    from outbox import operations
+
+    try:
+        operations.bulk_status(verb.lower(), status, new_key=new_key)
+    except ValidationFailed as exc:
+        _fail([str(e) for e in exc.errors])
+    engine = _engine(load_settings())
+    try:
+        with _database_errors():
+            with engine.connect() as conn:
+                count = operations.count_in_status(conn, status)
+            if count == 0:
+                typer.echo(f"no faxes in {status}")
+                return
+            shown = min(count, operations.BULK_LIMIT)
+            if not yes:
+                typer.confirm(f"{verb} {shown} fax(es) in {status}{note}?", abort=True, err=True)
+            bulk = act(engine)
+    except ValidationFailed as exc:
+        _fail([str(e) for e in exc.errors])
+    finally:
+        engine.dispose()
+    for result in bulk.done:
+        _print_action(result)
+    for refusal in bulk.refused:
+        err.print(f"refused: {refusal}", markup=False, highlight=False, soft_wrap=True)
+    typer.echo(f"{len(bulk.done)} done, {len(bulk.refused)} refused")
+    if bulk.refused:
+        raise typer.Exit(1)
+
+
+_NEW_KEY_HELP = (
+    "Send it as a NEW fax with a new idempotency key. If an earlier attempt did reach mintfax "
+    "(an unknown outcome), the recipient gets the fax twice."
+)
+
+
+@app.command()
+def retry(
+    fax_id: Annotated[int | None, typer.Argument(help="The fax's id.")] = None,
+    status: Annotated[
+        str | None, typer.Option("--status", help="Every fax in this status instead (asks).")
+    ] = None,
+    new_key: Annotated[bool, typer.Option("--new-key", help=_NEW_KEY_HELP)] = False,
+    yes: Annotated[bool, typer.Option("--yes", help="Do not ask for confirmation.")] = False,
+    actor: Annotated[
+        str | None, typer.Option("--as", help="Who acts (recorded; default: the OS user).")
+    ] = None,
+) -> None:
+    """Send a fax again with its idempotency key (a replay at worst); refused, with the reason,
+    while a worker sends it, once mintfax accepted it, for a final fax, and when its outcome is
+    unknown and mintfax's 24 h key window has passed (unless --new-key)."""
+    from outbox import operations
+
+    if (fax_id is None) == (status is None):
+        _fail(["give a fax ID or --status S"])
+    who = _actor(actor)
+    if fax_id is not None:
+        _act_on_one(
+            "retry", lambda conn: operations.retry_fax(conn, fax_id, actor=who, new_key=new_key)
+        )
+        return
+    note = " as NEW faxes with new keys (a fax whose outcome is unknown may arrive twice)"
+    _act_on_status(
+        status or "",
+        "Retry",
+        yes,
+        note if new_key else " with their keys",
+        lambda engine: operations.retry_all(engine, status or "", actor=who, new_key=new_key),
+        new_key,
+    )
+
+
+@app.command()
+def cancel(
+    fax_id: Annotated[int | None, typer.Argument(help="The fax's id.")] = None,
+    status: Annotated[
+        str | None, typer.Option("--status", help="Every fax in this status instead (asks).")
+    ] = None,
+    yes: Annotated[bool, typer.Option("--yes", help="Do not ask for confirmation.")] = False,
+    actor: Annotated[
+        str | None, typer.Option("--as", help="Who acts (recorded; default: the OS user).")
+    ] = None,
+) -> None:
+    """Withdraw a fax mintfax has not accepted (pending or needs_review); refused while a
+    worker sends it."""
+    from outbox import operations
+
+    if (fax_id is None) == (status is None):
+        _fail(["give a fax ID or --status S"])
+    who = _actor(actor)
+    if fax_id is not None:
+        _act_on_one("cancel", lambda conn: operations.cancel_fax(conn, fax_id, actor=who))
+        return
+    _act_on_status(
+        status or "",
+        "Cancel",
+        yes,
+        "",
+        lambda engine: operations.cancel_all(engine, status or "", actor=who),
+        False,
+    )
+
+
 def _fleet(command: str, settings: Settings) -> FleetControl:
     _require_extra(command, "worker")
     from workers.runtime import Runtime

@@ -12,6 +12,7 @@ import httpx
 import pytest
 from sqlalchemy import text
 
+from outbox.models import FaxStatus
 from tests.acceptance.fleet import API_KEY, Fleet
 
 pytestmark = pytest.mark.timeout(240)
@@ -58,7 +59,9 @@ def test_flower_shows_each_fax_of_each_task_and_no_secret(fleet: Fleet) -> None:
     good = fleet.enqueue(2, [OK], prefix="good")
     [refused] = fleet.enqueue(1, [REJECTED], prefix="refused")
     fleet.wait_until(
-        lambda: fleet.counts()["submitted"] == 3 and fleet.counts()["rejected"] == 1,
+        lambda: (
+            fleet.counts()[FaxStatus.SUBMITTED] == 3 and fleet.counts()[FaxStatus.REJECTED] == 1
+        ),
         60,
         "the faxes to be decided",
     )
