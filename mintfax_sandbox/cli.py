@@ -51,7 +51,8 @@ def run(
         typer.Option(
             help="Faults, JSON or name=value pairs: "
             "reset=0.05,error_500=0.05,error_503=0.05,commit_then_drop=0.05,"
-            "latency_ms=20-80,webhook_duplicate=0.1,webhook_reorder=0.1,seed=7.",
+            "latency_ms=20-80,webhook_duplicate=0.1,webhook_reorder=0.1,"
+            "burst_429=0.001,burst_429_seconds=2,seed=7.",
         ),
     ] = "",
     time_scale: Annotated[

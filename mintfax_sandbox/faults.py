@@ -9,7 +9,11 @@ sequence of failures for the same sequence of requests:
   reset, so the client never sees the 201 (the case idempotency keys exist for);
 - `latency_ms`: added processing time (fixed or a `[low, high]` range), spent while the
   idempotency key is held "in progress";
-- `webhook_duplicate` / `webhook_reorder`: rates of duplicate and held-back webhook deliveries.
+- `webhook_duplicate` / `webhook_reorder`: rates of duplicate and held-back webhook deliveries;
+- `burst_429`: the chance that a request starts a 429 burst: for `burst_429_seconds` every
+  faulted request is refused with mintfax's 429 and a `Retry-After` counting down to the burst's
+  end, however few requests the sliding window holds (what a gateway under load, or a limit
+  shared with another system, does to a well-throttled client).
 
 Faults hit `POST /v1/fax` only, unless `all_endpoints` is set (then reset / 500 / 503 / latency hit
 every `/v1` request). `/sandbox/*` is never faulted.
@@ -28,7 +32,7 @@ from enum import Enum
 from typing import Any
 
 PROBABILITIES = ("reset", "error_500", "error_503", "commit_then_drop")
-_RATES = ("webhook_duplicate", "webhook_reorder")
+_RATES = ("webhook_duplicate", "webhook_reorder", "burst_429")
 
 
 class FaultSpecError(ValueError):
@@ -46,6 +50,8 @@ class FaultConfig:
     latency_ms: tuple[float, float] = (0.0, 0.0)
     webhook_duplicate: float = 0.0
     webhook_reorder: float = 0.0
+    burst_429: float = 0.0
+    burst_429_seconds: float = 2.0
     all_endpoints: bool = False
     seed: int | None = None
 
@@ -70,6 +76,11 @@ class FaultConfig:
             raise FaultSpecError("reset + error_500 + error_503 + commit_then_drop must be <= 1")
         if "latency_ms" in raw:
             values["latency_ms"] = _latency(raw["latency_ms"])
+        if "burst_429_seconds" in raw:
+            seconds = raw["burst_429_seconds"]
+            if isinstance(seconds, bool) or not isinstance(seconds, int | float) or seconds <= 0:
+                raise FaultSpecError("burst_429_seconds must be a number of seconds above 0")
+            values["burst_429_seconds"] = float(seconds)
         if "all_endpoints" in raw:
             if not isinstance(raw["all_endpoints"], bool):
                 raise FaultSpecError("all_endpoints must be true or false")
@@ -173,6 +184,8 @@ class FaultPlan:
 
     config: FaultConfig = field(default_factory=FaultConfig)
     rng: random.Random = field(default_factory=random.Random)
+    # When the current 429 burst ends (monotonic seconds; 0: none yet).
+    burst_until: float = 0.0
 
     def __post_init__(self) -> None:
         self.rng = random.Random(self.config.seed)
@@ -200,6 +213,16 @@ class FaultPlan:
         if high <= 0:
             return 0.0
         return (low if low == high else self.rng.uniform(low, high)) / 1000.0
+
+    def burst_remaining(self, now: float) -> float:
+        """Seconds left of the 429 burst this request falls in (one starting now, at the
+        `burst_429` rate, when none runs); 0.0 when the request is not refused."""
+        if now < self.burst_until:
+            return self.burst_until - now
+        if self.chance(self.config.burst_429):
+            self.burst_until = now + self.config.burst_429_seconds
+            return self.config.burst_429_seconds
+        return 0.0
 
     def chance(self, rate: float) -> bool:
         """True with probability `rate` (webhook duplicates / reordering)."""

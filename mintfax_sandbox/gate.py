@@ -74,6 +74,10 @@ def _bearer(scope: Scope) -> str | None:
     return None
 
 
+def _creating(scope: Scope) -> bool:
+    return bool(scope["method"] == "POST" and scope["path"].rstrip("/") == "/v1/fax")
+
+
 class DropConnection(Response):
     """Not a response: resets the client's connection (fault injection)."""
 
@@ -149,6 +153,11 @@ class ApiGate:
         presented = b"" if given is None else given.encode("latin-1")
         return not hmac.compare_digest(presented, self._control_token)
 
+    def _faulted(self, scope: Scope) -> bool:
+        """Whether faults may strike this request (`POST /v1/fax`, or every `/v1` request with
+        `all_endpoints`)."""
+        return _creating(scope) or self.sandbox.faults_hit_every_endpoint()
+
     async def _gated(
         self,
         scope: Scope,
@@ -163,6 +172,10 @@ class ApiGate:
             refusal = unauthenticated(live_key=key is not None and key.startswith(LIVE_KEY_PREFIX))
         elif not self.sandbox.api_keys.admit(key):
             refusal = revoked_key()
+        elif burst := self.sandbox.rate_limit_burst(self._faulted(scope)):
+            # Before the window: a request refused by a burst is not counted in it either.
+            extra.extend(burst.headers())
+            refusal = rate_limited(burst.limit, burst.retry_after)
         else:
             decision = self.sandbox.admit(key)
             if decision is not None:
@@ -173,8 +186,7 @@ class ApiGate:
             await error_response(refusal, ctx.request_id)(scope, receive, send)
             return
         ctx.api_key = key
-        creating = scope["method"] == "POST" and scope["path"].rstrip("/") == "/v1/fax"
-        if not creating and self.sandbox.faults_hit_every_endpoint():
+        if not _creating(scope) and self.sandbox.faults_hit_every_endpoint():
             fault, delay = self.sandbox.draw_fault()
             if delay:
                 await asyncio.sleep(delay)

@@ -188,6 +188,9 @@ class Stats:
     webhooks_delivered: int = 0
     webhooks_failed: int = 0
     faxes_deleted: int = 0
+    # 429 bursts (`burst_429` fault) begun, and the requests they refused.
+    rate_limit_bursts: int = 0
+    rate_limit_bursts_refused: int = 0
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -201,4 +204,6 @@ class Stats:
             "webhooks_delivered": self.webhooks_delivered,
             "webhooks_failed": self.webhooks_failed,
             "faxes_deleted": self.faxes_deleted,
+            "rate_limit_bursts": self.rate_limit_bursts,
+            "rate_limit_bursts_refused": self.rate_limit_bursts_refused,
         }

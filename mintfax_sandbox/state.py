@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import secrets
 import time
 import uuid
@@ -164,6 +165,21 @@ class Sandbox:
     def admit(self, api_key: str) -> RateDecision | None:
         """The rate limiter's verdict on one `/v1` request (None: no limit configured)."""
         return self.limiter.acquire(api_key)
+
+    def rate_limit_burst(self, faulted: bool) -> RateDecision | None:
+        """The 429 of a burst (`burst_429` fault) for a request faults may strike; None when it
+        is not refused by one. Its `Retry-After` is the rest of the burst, whole seconds."""
+        if not faulted or not self.faults.config.burst_429:
+            return None
+        before = self.faults.burst_until
+        remaining = self.faults.burst_remaining(time.monotonic())
+        if not remaining:
+            return None
+        if self.faults.burst_until != before:
+            self.stats.rate_limit_bursts += 1
+        self.stats.rate_limit_bursts_refused += 1
+        wait = max(1, math.ceil(remaining))
+        return RateDecision(False, self.config.rate_limit_per_minute, 0, wait, wait)
 
     def count_request(self, route: str) -> None:
         self.stats.requests_by_path[route] += 1

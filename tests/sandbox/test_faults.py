@@ -109,3 +109,42 @@ def test_faults_are_validated(sandbox: SandboxHandle) -> None:
     response = httpx.post(f"{sandbox.url}/sandbox/faults", json={"reset": 2})
     assert response.status_code == 422
     assert "reset" in response.json()["context"]["errors"]["faults"][0]
+
+
+def test_a_429_burst_refuses_every_fax_until_it_ends_then_the_window_admits_again(
+    sandbox: SandboxHandle,
+) -> None:
+    sandbox.configure(rate_limit_per_minute=1000)
+    sandbox.set_faults(burst_429=1.0, burst_429_seconds=1.5)
+    refused = [sandbox.send_fax(idempotency_key=f"b-{i}") for i in range(3)]
+    assert [r.status_code for r in refused] == [429, 429, 429]
+    first = refused[0]
+    assert first.json()["error"] == "rate_limit_exceeded"
+    assert first.headers["retry-after"] == "2"  # 1.5 s left, in whole seconds
+    # The burst says the key's real limit, so a client following X-RateLimit-Limit keeps it.
+    assert first.headers["x-ratelimit-limit"] == "1000"
+    with sandbox.client() as client:  # only fax creation is faulted
+        assert client.get("/account/balance").status_code == 200
+    sandbox.set_faults(burst_429=0.0)
+    accepted = sandbox.send_fax(idempotency_key="b-0")
+    assert accepted.status_code == 201
+    # Refused requests took no slot of the sliding window, and created nothing.
+    assert accepted.headers["x-ratelimit-remaining"] == "998"
+    stats = sandbox.stats()
+    assert (stats["faxes_created"], stats["rate_limit_bursts"]) == (1, 1)
+    assert stats["rate_limit_bursts_refused"] == 3
+
+
+def test_a_429_burst_ends_after_its_seconds(sandbox: SandboxHandle) -> None:
+    sandbox.set_faults(burst_429=1.0, burst_429_seconds=0.3, seed=1)
+    assert sandbox.send_fax(idempotency_key="e-1").status_code == 429
+    time.sleep(0.35)
+    # A new burst starts at once (rate 1.0): two bursts, each refusing what arrives in it.
+    assert sandbox.send_fax(idempotency_key="e-1").status_code == 429
+    assert sandbox.stats()["rate_limit_bursts"] == 2
+    sandbox.set_faults(burst_429=0.5, burst_429_seconds=0.01, seed=3)
+    outcomes = []
+    for i in range(40):
+        time.sleep(0.015)  # every burst is over before the next request
+        outcomes.append(sandbox.send_fax(idempotency_key=f"m-{i}").status_code)
+    assert {201, 429} == set(outcomes)

@@ -122,6 +122,19 @@ def test_fault_draws_follow_their_probabilities_and_replay_with_a_seed() -> None
     assert FaultPlan(FaultConfig()).draw() is Fault.NONE
 
 
+def test_a_429_burst_lasts_its_seconds_from_the_request_that_started_it() -> None:
+    plan = FaultPlan(FaultConfig(burst_429=1.0, burst_429_seconds=2.0))
+    assert plan.burst_remaining(100.0) == 2.0
+    assert plan.burst_remaining(101.5) == pytest.approx(0.5)
+    assert plan.burst_remaining(102.0) == 2.0  # over; at rate 1.0 the next one starts at once
+    assert FaultPlan(FaultConfig()).burst_remaining(5.0) == 0.0
+    assert parse_fault_spec("burst_429=0.01,burst_429_seconds=3").burst_429_seconds == 3.0
+    with pytest.raises(FaultSpecError, match="burst_429_seconds"):
+        parse_fault_spec("burst_429_seconds=0")
+    with pytest.raises(FaultSpecError, match="burst_429"):
+        parse_fault_spec("burst_429=2")
+
+
 def test_latency_is_fixed_or_within_its_range() -> None:
     assert FaultPlan(FaultConfig(latency_ms=(30, 30))).latency() == pytest.approx(0.03)
     ranged = FaultPlan(FaultConfig(latency_ms=(10, 20), seed=1))
