@@ -82,6 +82,11 @@ class Settings(BaseSettings):
 
     database_url: str | None = Field(default=None, validation_alias="DATABASE_URL")
     redis_url: str | None = Field(default=None, validation_alias="REDIS_URL")
+    # The sentinels' own password (sentinel.conf `requirepass`) when REDIS_URL is a
+    # redis+sentinel:// URL, whose user info is the Redis servers' (outbox/redis_conn.py).
+    redis_sentinel_password: SecretStr | None = Field(
+        default=None, validation_alias="FAXOUT_REDIS_SENTINEL_PASSWORD"
+    )
 
     mintfax_api_key: SecretStr | None = Field(default=None, validation_alias="MINTFAX_API_KEY")
     mintfax_api_key_file: Path | None = Field(default=None, validation_alias="MINTFAX_API_KEY_FILE")
