@@ -747,15 +747,16 @@ def lock_fax_for_action(conn: Connection, fax_id: int, *, now: datetime | None) 
 
 def requeue_fax(conn: Connection, fax_id: int, *, now: datetime | None) -> bool:
     """A locked `needs_review` or `pending` row becomes `pending` and due now, with its key and
-    its first POST (the 24 h window counts from it) and `outcome_unknown` kept, its attempts
-    and lookups counted afresh. False if it is in neither status."""
+    its first POST (the 24 h window counts from it) and `outcome_unknown` kept; a parked row's
+    attempts and lookups are counted afresh (a pending row keeps its count). False if it is in
+    neither status."""
     result = conn.execute(
         text(
             """
             UPDATE fax_outbox
             SET status = 'pending',
                 status_reason = NULL,
-                attempts = 0,
+                attempts = CASE WHEN status = 'needs_review' THEN 0 ELSE attempts END,
                 next_attempt_at = coalesce(CAST(:now AS timestamptz), now()),
                 dispatched_at = NULL,
                 next_poll_at = NULL,

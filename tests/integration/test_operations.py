@@ -228,8 +228,11 @@ def test_retry_of_a_pending_fax_makes_it_due_now(
             text("UPDATE fax_outbox SET next_attempt_at = now() + interval '1 hour' WHERE id = :i"),
             {"i": row},
         )
+    with engine.begin() as conn:
+        conn.execute(text("UPDATE fax_outbox SET attempts = 2 WHERE id = :i"), {"i": row})
     result = act(engine, operations.retry_fax, row, actor=ALICE)
     assert result.message == "was pending; due now"
+    assert harness.row(row)["attempts"] == 2  # only made due: a pending fax keeps its count
     assert harness.dispatch() == [row]
 
 
