@@ -148,6 +148,8 @@ def test_the_circle_finder_finds_a_circle(tmp_path: Path) -> None:
         "import outbox",
         "from outbox import enqueue_fax, enqueue_faxes, schema",
         "import workers.cli",
+        # What `faxout list|show|retry|cancel` import when they run (core install).
+        "from outbox import operations",
         "import mintfax_sandbox",
     ],
 )
