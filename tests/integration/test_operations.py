@@ -501,3 +501,36 @@ def test_since_accepts_dates_and_refuses_nonsense() -> None:
     )
     with pytest.raises(ValidationFailed):
         operations.parse_since("yesterday")
+
+
+def test_show_tells_the_webhook_events_of_a_fax(
+    harness: Harness,  # noqa: F811
+    sandbox: SandboxHandle,
+    mintfax: MintfaxClient,
+    engine: Engine,
+) -> None:
+    from outbox.alerts import Alerter
+    from outbox.reconcile import Reconciler
+    from tests.integration.test_reconcile import event
+
+    row = harness.enqueue()
+    assert send(harness, row) is Outcome.SUBMITTED
+    fax_id = harness.row(row)["mintfax_fax_id"]
+    reconciler = Reconciler(engine, Alerter(harness.clock), None, harness.clock)
+    try:
+        delivered = event("fax.delivered", fax_id, harness.clock.now(), pages=1)
+        reconciler.handle_event(delivered)
+        reconciler.handle_event(delivered)  # a duplicate is recorded once
+    finally:
+        reconciler.close()
+    with engine.connect() as conn:
+        [detail] = operations.show_fax(conn, row)
+    assert detail.row["status"] is FaxStatus.DELIVERED
+    assert [(e["event_id"], e["event_type"], e["outcome"]) for e in detail.events] == [
+        (delivered.event_id, "fax.delivered", "applied")
+    ]
+    # A delivered fax: nothing to retry or cancel.
+    for action in (operations.retry_fax, operations.cancel_fax):
+        with pytest.raises(OperationRefused) as refused:
+            act(engine, action, row, actor=ALICE)
+        assert refused.value.code == "accepted"
