@@ -60,13 +60,14 @@ import sqlalchemy.exc
 from pydantic import SecretStr
 from sqlalchemy import Connection, Engine, text
 
-from outbox import schema
+from outbox import redis_conn, schema
 from outbox.db import make_engine
 from outbox.errors import ConfigurationError, MintfaxError
 from outbox.events import REQUIRED_WEBHOOK_EVENTS
 from outbox.fax_client import Balance, MintfaxClient, RateLimitInfo
 from outbox.liveness import alive_roles
 from outbox.redaction import mask_secret
+from outbox.redis_conn import RedisTarget
 from outbox.settings import Settings, mask_url_password, mask_url_path
 from outbox.submit import api_key_problem
 from outbox.validation import check_number
@@ -551,11 +552,16 @@ def check_redis(settings: Settings, timeout: float) -> CheckResult:
         return failed(name, "REDIS_URL is not set", "set REDIS_URL (redis://host:6379/0)")
     shown = mask_url_password(settings.redis_url)
     try:
-        client = redis.Redis.from_url(
-            settings.redis_url, socket_connect_timeout=timeout, socket_timeout=timeout
-        )
+        target = RedisTarget.from_settings(settings)
+        # A Sentinel-managed Redis: a wrong master name or password is named here.
+        warning = redis_conn.check_at_startup(target, timeout=timeout)
+        client = redis_conn.client(target, socket_connect_timeout=timeout, socket_timeout=timeout)
+    except ConfigurationError as exc:
+        return failed(name, str(exc), f"correct {exc.setting}")
     except ValueError as exc:
         return failed(name, f"REDIS_URL is not a Redis URL ({exc})", "correct REDIS_URL")
+    if warning is not None:
+        return failed(name, warning, "start the sentinels or correct REDIS_URL")
     try:
         client.ping()
     except redis.RedisError as exc:
@@ -779,6 +785,8 @@ class Preflight:
         for url in (s.database_url, s.redis_url, s.flower_url, s.webhook_self_test_url):
             if url:
                 found.append(urlsplit(url).password or "")
+        if s.redis_sentinel_password is not None:
+            found.append(s.redis_sentinel_password.get_secret_value())
         return sorted((v for v in found if len(v) >= 4), key=len, reverse=True)
 
 

@@ -20,12 +20,14 @@ from typing import Any
 
 from celery import Celery, signals
 
+from outbox import redis_conn
 from outbox.alerts import Alerter
 from outbox.balance_watch import BalanceWatch
 from outbox.errors import ConfigurationError
 from outbox.logs import configure_logging
 from outbox.pause import FleetControl
 from outbox.poller import StatusPoller
+from outbox.redis_conn import RedisTarget
 from outbox.rescuer import LeaseRescuer
 from outbox.resolver import UnknownOutcomeResolver
 from outbox.retention import RetentionPolicy
@@ -66,10 +68,10 @@ def configure(settings: Settings) -> None:
     # httpx logs every request at INFO; submit already logs one masked line per fax, and a
     # second, unmasked one per request costs CPU on the hot path for nothing.
     logging.getLogger("httpx").setLevel(logging.WARNING)
-    app.conf.update(
-        broker_url=settings.require_redis_url(),
-        broker_connection_retry_on_startup=True,
-        broker_transport_options={
+    # A Sentinel-managed REDIS_URL becomes kombu's sentinel:// transport (outbox/redis_conn.py).
+    broker_url, transport_options = redis_conn.broker_options(
+        RedisTarget.from_settings(settings),
+        {
             "visibility_timeout": settings.broker_visibility_timeout,
             # kombu sweeps for expired unacked messages every interval x throttle seconds
             # (default ~100 s); keep the sweep no slower than the timeout it enforces.
@@ -79,6 +81,11 @@ def configure(settings: Settings) -> None:
             "socket_connect_timeout": 10,
             "retry_on_timeout": True,
         },
+    )
+    app.conf.update(
+        broker_url=broker_url,
+        broker_connection_retry_on_startup=True,
+        broker_transport_options=transport_options,
         task_serializer="json",
         accept_content=["json"],
         result_serializer="json",
@@ -138,12 +145,36 @@ def configure(settings: Settings) -> None:
     )
 
 
+# True while `_configure_on_first_use` runs: the `app.conf.update` in `configure` can read the
+# still-pending configuration again (once `app.amqp` watches it, e.g. the relay's first
+# publish), which fires `on_configure` again; without this guard that recursed until Python's
+# limit (a RecursionError in every relay's log) and probed the sentinels at every level.
+_configuring = False
+
+
 @app.on_configure.connect
 def _configure_on_first_use(sender: Celery, **_: Any) -> None:
     # Fires once, on the first use of `app.conf`: in `celery -A workers.app` processes, or in a
     # process that called `configure` (whose settings are then already given to the runtime).
+    global _configuring
+    if _configuring:
+        return
+    _configuring = True
     try:
-        settings = Runtime.configured_settings() or Settings.from_env()
+        _configure_from_settings()
+    finally:
+        _configuring = False
+
+
+def _configure_from_settings() -> None:
+    try:
+        given = Runtime.configured_settings()
+        settings = given or Settings.from_env()
+        if given is None:
+            # A `celery -A workers.app` process (one that configured itself checked at its
+            # start): a Sentinel-managed REDIS_URL with a wrong master name or password never
+            # starts to work, so it stops here; sentinels that do not answer are one warning.
+            redis_conn.warn_at_startup(RedisTarget.from_settings(settings))
     except ConfigurationError as exc:
         # Celery logs and swallows a receiver's exception, then carries on with its defaults
         # (an AMQP broker on localhost): a misconfigured worker must stop instead, in one line.

@@ -269,13 +269,15 @@ def _fleet_snapshots(settings: Settings, engine: Engine) -> Iterator[Callable[..
     elif missing_extras("worker"):
         note = "throttle, queues and webhook counters: not shown (pip install 'fax-outbox[worker]')"
     else:
-        import redis as redis_lib
-
+        from outbox import redis_conn
         from workers.app import MAINTENANCE_QUEUE, QUEUE
 
-        client = redis_lib.Redis.from_url(
-            settings.redis_url, socket_timeout=5, socket_connect_timeout=3
-        )
+        try:
+            target = redis_conn.RedisTarget.from_settings(settings)
+        except ConfigurationError as exc:
+            note = str(exc)
+        else:
+            client = redis_conn.client(target, socket_timeout=5, socket_connect_timeout=3)
     reader = (
         None
         if client is None
@@ -423,6 +425,7 @@ def relay(
     settings = load_settings()
     _require(settings.require_database_url, settings.require_redis_url)
     _configure_logging("relay")
+    _require_redis_target(settings)
     relay_process.main(settings, poll_interval=poll_interval)
 
 
@@ -781,6 +784,14 @@ def _require(*checks: Callable[[], object]) -> None:
         _fail(problems)
 
 
+def _require_redis_target(settings: Settings) -> None:
+    """A Sentinel-managed REDIS_URL that can never work (wrong master name or password) exits
+    2 naming the setting; sentinels that do not answer yet are one warning line."""
+    from outbox import redis_conn
+
+    _require(lambda: redis_conn.warn_at_startup(redis_conn.RedisTarget.from_settings(settings)))
+
+
 def _hostname() -> str:
     import socket
 
@@ -842,6 +853,7 @@ def webhooks_serve(
     _require_extra("webhooks serve", "worker")
     settings = load_settings()
     _require(settings.require_database_url, settings.require_redis_url)
+    _require_redis_target(settings)
     if not settings.mintfax_webhook_secrets:
         _fail(
             [

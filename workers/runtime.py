@@ -22,7 +22,7 @@ from typing import ClassVar
 import redis
 from sqlalchemy import Engine
 
-from outbox import repository
+from outbox import redis_conn, repository
 from outbox.alerts import Alerter
 from outbox.balance_watch import BalanceWatch
 from outbox.clock import DatabaseClock
@@ -33,6 +33,7 @@ from outbox.pause import FleetControl, PauseMirror
 from outbox.poller import StatusPoller, poll_throttle
 from outbox.provider_limit import ProviderLimit
 from outbox.reconcile import Reconciler
+from outbox.redis_conn import RedisTarget
 from outbox.rescuer import LeaseRescuer
 from outbox.resolver import UnknownOutcomeResolver
 from outbox.retention import RetentionPolicy, RetentionService
@@ -117,8 +118,10 @@ class Runtime:
 
     @cached_property
     def redis(self) -> redis.Redis:
-        return redis.Redis.from_url(
-            self.settings.require_redis_url(), socket_timeout=5, health_check_interval=30
+        # Through redis_conn: a Sentinel-managed REDIS_URL gives a client of the current
+        # master, which the throttle, pause mirror and counters then follow across a failover.
+        return redis_conn.client(
+            RedisTarget.from_settings(self.settings), socket_timeout=5, health_check_interval=30
         )
 
     @cached_property
