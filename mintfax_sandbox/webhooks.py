@@ -10,6 +10,10 @@ bytes, so the same secret works for both.
 Delivery never blocks the API: each (event, endpoint) is one task that POSTs the same raw body,
 re-signed with a fresh timestamp on every attempt, and retries with exponential backoff on
 non-2xx, network errors and answers slower than the timeout (5 s), up to `max_attempts`.
+At most `MAX_IN_FLIGHT` POSTs are under way at once; the other tasks wait their turn. Without
+that bound, thousands of queued deliveries (a busy run) all waited inside the HTTP client's
+connection pool, whose scheduling is quadratic in its queue: the simulator's one event loop
+spent its time there and stopped answering the API (found by the chaos run, issue 12).
 """
 
 from __future__ import annotations
@@ -31,6 +35,8 @@ log = logging.getLogger("mintfax_sandbox.webhooks")
 
 Signing = Literal["a", "b"]
 SECRET_PREFIX = "whsec_"  # noqa: S105 (a prefix, not a secret)
+# Deliveries POSTing at once: below the client's connection limit, so none queues in its pool.
+MAX_IN_FLIGHT = 64
 
 
 def new_secret() -> str:
@@ -123,8 +129,10 @@ class WebhookDispatcher:
         policy: Callable[[], DeliveryPolicy],
         chance: Callable[[float], bool],
         on_result: Callable[[bool], None],
+        max_in_flight: int = MAX_IN_FLIGHT,
     ) -> None:
         self._client = client
+        self._slots = asyncio.Semaphore(max_in_flight)
         self._policy = policy
         self._chance = chance
         self._on_result = on_result
@@ -163,9 +171,10 @@ class WebhookDispatcher:
                 policy.signing, target.secret, record.event_id, body, int(time.time())
             )
             try:
-                response = await self._client.post(
-                    target.url, content=body, headers=headers, timeout=policy.timeout_seconds
-                )
+                async with self._slots:
+                    response = await self._client.post(
+                        target.url, content=body, headers=headers, timeout=policy.timeout_seconds
+                    )
                 record.last_status_code = response.status_code
                 record.last_error = None
                 ok = 200 <= response.status_code < 300

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
+import json
 import time
 from typing import Any
 
+import httpx
 from standardwebhooks import Webhook
 
+from mintfax_sandbox.webhooks import DeliveryPolicy, Target, WebhookDispatcher
 from tests.sandbox_fixtures import SandboxHandle, WebhookSink
 
 
@@ -193,3 +197,42 @@ def test_duplicate_and_reordered_deliveries_at_configured_rates(
             reordered += 1
     assert reordered >= 1
     assert sum(r["duplicate"] for r in sandbox.webhooks()) == duplicates
+
+
+def test_deliveries_post_at_most_max_in_flight_at_once_and_all_arrive() -> None:
+    # The chaos run's 30,000 events: every delivery task queued inside httpx's connection pool,
+    # whose scheduling is quadratic in its queue, and the simulator stopped answering its API.
+    in_flight = 0
+    most = 0
+    received: list[str] = []
+
+    async def handler(request: httpx.Request) -> httpx.Response:
+        nonlocal in_flight, most
+        in_flight += 1
+        most = max(most, in_flight)
+        await asyncio.sleep(0.01)
+        in_flight -= 1
+        received.append(json.loads(request.content)["event_id"])
+        return httpx.Response(200)
+
+    async def drive() -> WebhookDispatcher:
+        client = httpx.AsyncClient(transport=httpx.MockTransport(handler))
+        dispatcher = WebhookDispatcher(
+            client, DeliveryPolicy, lambda rate: False, lambda ok: None, max_in_flight=8
+        )
+        for n in range(200):
+            envelope = {"event_id": f"evt_{n}", "event": "fax.queued", "data": {}}
+            dispatcher.send(
+                envelope, json.dumps(envelope).encode(), [Target("http://sink/h", "whsec_AAAA")]
+            )
+        deadline = time.monotonic() + 10
+        while len(received) < 200 and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        await dispatcher.close()
+        await client.aclose()
+        return dispatcher
+
+    dispatcher = asyncio.run(drive())
+    assert sorted(received) == sorted(f"evt_{n}" for n in range(200))
+    assert most == 8
+    assert all(record.status == "delivered" for record in dispatcher.log)
