@@ -438,6 +438,16 @@ def _locked(conn: Connection, fax_id: int, now: datetime | None) -> repository.L
 
 def _refuse_if_in_flight_or_accepted(fax: repository.LockedFax) -> None:
     if fax.status is FaxStatus.SENDING:
+        if fax.lease_expires_at is not None and fax.lease_expires_at < fax.now:
+            # A worker that died mid-send: its POST may have reached mintfax, so the row is
+            # not touched until the rescuer has recorded that (an unknown outcome).
+            raise OperationRefused(
+                fax.id,
+                "in_flight",
+                f"its worker ({fax.lease_owner}) stopped answering; its lease ran out at "
+                f"{_when(fax.lease_expires_at)} and the lease rescuer gives it back to "
+                "pending shortly: look again then",
+            )
         until = f" (lease until {_when(fax.lease_expires_at)})" if fax.lease_expires_at else ""
         raise OperationRefused(
             fax.id,

@@ -534,3 +534,33 @@ def test_show_tells_the_webhook_events_of_a_fax(
         with pytest.raises(OperationRefused) as refused:
             act(engine, action, row, actor=ALICE)
         assert refused.value.code == "accepted"
+
+
+def test_a_fax_whose_worker_died_mid_send_waits_for_the_rescuer(
+    harness: Harness,  # noqa: F811
+    engine: Engine,
+) -> None:
+    row = harness.enqueue()
+    harness.dispatch()
+    long_ago = harness.clock.now() - timedelta(hours=1)
+    with engine.begin() as conn:  # claimed by a worker that then died: its lease ran out
+        assert repository.claim_for_submit(
+            conn, row, owner="dead:1", now=long_ago, lease_seconds=60
+        )
+    for action in (operations.cancel_fax, operations.retry_fax):
+        with pytest.raises(OperationRefused) as refused:
+            act(engine, action, row, actor=ALICE)
+        assert refused.value.code == "in_flight"
+        assert "lease rescuer" in refused.value.reason and "dead:1" in refused.value.reason
+    assert harness.row(row)["status"] == "sending"
+    with engine.begin() as conn:
+        repository.rescue_expired_leases(
+            conn,
+            now=None,
+            max_attempts=5,
+            exhausted_status=FaxStatus.NEEDS_REVIEW,
+            exhausted_reason="unknown_outcome",
+            limit=10,
+        )
+    result = act(engine, operations.cancel_fax, row, actor=ALICE)
+    assert result.warning is not None  # the dead worker's POST may have reached mintfax
