@@ -23,7 +23,6 @@ READONLY. redis-py is imported only by the functions that connect (the `[worker]
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -184,8 +183,11 @@ def client(target: RedisTarget, **options: Any) -> redis.Redis:
     return master
 
 
-# How often a sentinel-managed client asks whether the master moved, while it is in use.
+# How often a sentinel-managed client asks whether the master moved, while it is in use;
+# after no sentinel answered, ten times less often (each try may cost a timeout per sentinel).
 MASTER_RECHECK_SECONDS = 1.0
+# The longest wait for one sentinel's answer.
+SENTINEL_TIMEOUT_SECONDS = 2.0
 _following_pool: type | None = None
 
 
@@ -211,10 +213,13 @@ def _following_pool_class() -> type:
             now = time.monotonic()
             if now >= self._next_check:
                 self._next_check = now + MASTER_RECHECK_SECONDS
-                # Disconnects the idle connections if it moved; no master found is left to
-                # the connection itself to report, as the RedisError its callers translate.
-                with contextlib.suppress(MasterNotFoundError):
+                # Disconnects the idle connections if it moved. The sentinels down: open
+                # connections to the master still work, and a new one reports the error
+                # itself, as the RedisError its callers translate.
+                try:
                     self.get_master_address()  # type: ignore[no-untyped-call]
+                except MasterNotFoundError:
+                    self._next_check = now + 10 * MASTER_RECHECK_SECONDS
             return super().get_connection(*args, **kwargs)
 
     return FollowingSentinelPool
@@ -360,9 +365,22 @@ def warn_at_startup(target: RedisTarget, *, timeout: float = 2.0) -> None:
 
 
 def _sentinel_kwargs(target: RedisTarget, options: dict[str, Any]) -> dict[str, Any]:
-    # Given explicitly, redis-py uses these alone for the sentinels: carry the timeouts over,
-    # so a dead sentinel costs a timeout, not a hang.
+    # Given explicitly, redis-py uses these alone for the sentinels. A sentinel's answer is a
+    # few bytes: one silent for SENTINEL_TIMEOUT_SECONDS is as good as down, and the next is
+    # asked (a blackholed sentinel must not hold a command for the Redis timeout).
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+
     kwargs = {k: v for k, v in options.items() if k.startswith("socket_")}
+    for name in ("socket_timeout", "socket_connect_timeout"):
+        given = kwargs.get(name)
+        kwargs[name] = (
+            SENTINEL_TIMEOUT_SECONDS if given is None else min(given, SENTINEL_TIMEOUT_SECONDS)
+        )
+    # redis-py retries each command 3 times with backoff (up to 10 s): for a sentinel that is
+    # down, 7 s of sleeping before the next is asked, ~20 s for three, with a command waiting.
+    # The next sentinel is the retry.
+    kwargs["retry"] = Retry(NoBackoff(), 0)
     if target.sentinel_password is not None:
         kwargs["password"] = target.sentinel_password.get_secret_value()
     return kwargs

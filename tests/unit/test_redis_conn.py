@@ -53,12 +53,19 @@ def test_the_broker_is_kombus_sentinel_transport_with_both_passwords_in_their_pl
         "sentinel://:r3dis%40pw@10.0.0.2:26380/3;"
         "sentinel://:r3dis%40pw@sentinel-c:26379/3"
     )
+    retry = options["sentinel_kwargs"].pop("retry")
     assert options == {
         "visibility_timeout": 7,
         "socket_timeout": 10,
         "master_name": "mymaster",
-        "sentinel_kwargs": {"socket_timeout": 10, "password": "s3ntinel"},
+        # A sentinel's answer is small: its timeouts are capped (2 s), both set.
+        "sentinel_kwargs": {
+            "socket_timeout": 2.0,
+            "socket_connect_timeout": 2.0,
+            "password": "s3ntinel",
+        },
     }
+    assert retry.get_retries() == 0  # the next sentinel is the retry, not a sleep
 
 
 def test_kombu_reads_the_sentinel_url_as_meant() -> None:
@@ -81,7 +88,7 @@ def test_a_sentinel_client_asks_the_sentinels_with_their_own_password() -> None:
     assert pool.connection_kwargs["db"] == 3
     manager = pool.sentinel_manager  # type: ignore[attr-defined]
     first = manager.sentinels[0].connection_pool.connection_kwargs
-    assert first["password"] == "s3ntinel" and first["socket_timeout"] == 5
+    assert first["password"] == "s3ntinel" and first["socket_timeout"] == 2.0
     assert (first["host"], first["port"]) == ("10.0.0.1", 26379)
     client.close()
 
