@@ -74,7 +74,16 @@ class DatabaseClock:
             ticks = self._monotonic()
             if self._anchor is None or ticks - self._anchor[1] > self._refresh:
                 before = self._monotonic()
-                moment = self._read()
+                try:
+                    moment = self._read()
+                except Exception:
+                    # The database is away (a restart): the last reading, carried forward on
+                    # the monotonic clock, is as good as ever, and a worker that has just
+                    # made a POST must be able to stamp its outcome to keep it.
+                    if self._anchor is None:
+                        raise
+                    moment, anchored = self._anchor
+                    return moment + timedelta(seconds=ticks - anchored)
                 # The reading was taken somewhere in the round trip: call it its middle.
                 ticks = self._monotonic()
                 self._anchor = (moment, (before + ticks) / 2)

@@ -8,6 +8,7 @@
     ├── IdempotencyWindowClosed         an unknown outcome outlived mintfax's 24 h key window
     ├── LeaseExpired                    retryable: a worker died mid-send; outcome unknown
     ├── FleetStateUnavailable           retryable: Redis (throttle, pause mirror) unreachable
+    ├── DatabaseUnavailable             retryable: Postgres unreachable (restart, failover)
     ├── UnexpectedError                 a bug in the send path; the outcome is unknown
     ├── SubmitIncomplete                a submit task could not do its job (Flower: failed)
     ├── OperationRefused                an operator's action that would be unsafe or void
@@ -150,6 +151,17 @@ class FleetStateUnavailable(FaxOutboxError):
 
     Nobody may call mintfax without asking the throttle, so the fax waits; nothing is lost,
     because Postgres is the truth.
+    """
+
+    retryable = True
+
+
+class DatabaseUnavailable(FaxOutboxError):
+    """Postgres cannot be reached: the connection was refused, dropped or shut down by the
+    server (a restart, a failover), not a statement that failed on its own.
+
+    Translated once from the driver's error (`outbox.outage.database_boundary`). Whatever a
+    worker could not write meanwhile it keeps and writes when the database is back.
     """
 
     retryable = True

@@ -598,6 +598,37 @@ def redispatch_waiting(conn: Connection, *, now: datetime | None) -> int:
     return result.rowcount
 
 
+def redispatch_now(conn: Connection, fax_ids: Sequence[int], *, now: datetime | None) -> int:
+    """Make dispatched-but-unclaimed rows among `fax_ids` due now: a worker that lost the
+    database before it could claim them gives them back (their messages were consumed), so
+    they need not wait out the redispatch delay. Returns how many rows."""
+    if not fax_ids:
+        return 0
+    c = fax_outbox.c
+    result = conn.execute(
+        update(fax_outbox)
+        .where(
+            c.id.in_(list(fax_ids)),
+            c.status == FaxStatus.PENDING,
+            c.dispatched_at.is_not(None),
+        )
+        .values(next_attempt_at=func.now() if now is None else now, dispatched_at=None)
+    )
+    return result.rowcount
+
+
+def attempt_logged(conn: Connection, fax_id: int, *, worker: str, started_at: datetime) -> bool:
+    """Whether the attempt `worker` started at `started_at` on row `fax_id` is in its log (a
+    kept outcome whose write reached the database before the answer was lost)."""
+    a = fax_attempts.c
+    found = conn.execute(
+        select(a.fax_id)
+        .where(a.fax_id == fax_id, a.worker == worker, a.started_at == started_at)
+        .limit(1)
+    ).first()
+    return found is not None
+
+
 def next_due_at(conn: Connection) -> datetime | None:
     """When the earliest pending row becomes due (None when nothing is pending)."""
     c = fax_outbox.c

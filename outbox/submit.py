@@ -23,7 +23,7 @@ import random
 import re
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -36,6 +36,7 @@ from outbox.clock import Clock, sql_now
 from outbox.errors import (
     ApiKeyMismatch,
     ConfigurationError,
+    DatabaseUnavailable,
     FaxOutboxError,
     FleetStateUnavailable,
     IdempotencyWindowClosed,
@@ -44,6 +45,7 @@ from outbox.errors import (
 )
 from outbox.keys import IDEMPOTENCY_SAFETY_MARGIN, IDEMPOTENCY_WINDOW
 from outbox.models import TERMINAL_STATUSES, FaxStatus, Outcome, PauseReason
+from outbox.outage import DATABASE, REDIS, KeptWork, OutageLog, database_boundary, process_log
 from outbox.pause import PauseMirror, pause_in_transaction
 from outbox.redaction import mask_number
 from outbox.repository import ClaimedFax
@@ -130,10 +132,27 @@ class SubmitContext:
     # Same database in autocommit mode, for the single-statement steps (claim, release, the
     # common finish): no BEGIN/COMMIT round trips. Defaults to `engine`.
     autocommit_engine: Engine | None = None
+    # What a database outage kept this process from writing (`settle_kept`), the claim in
+    # progress (what would be kept), and the process's one-line-per-outage log.
+    kept: KeptWork[_Kept] = field(default_factory=KeptWork)
+    current: _Kept | None = None
+    outages: OutageLog = field(default_factory=process_log)
 
     @property
     def fast_engine(self) -> Engine:
         return self.autocommit_engine or self.engine
+
+
+@dataclass
+class _Kept:
+    """A claim in progress, kept as it stands if the database goes away before its work is
+    written: unsent (given back), or posted with the plan of what mintfax answered."""
+
+    claimed: ClaimedFax
+    posted: bool = False
+    plan: _Plan | None = None
+    started: datetime | None = None
+    duration_ms: int = 0
 
 
 @dataclass(frozen=True)
@@ -153,7 +172,9 @@ class _Plan:
 # number or anything else a server chose to put there).
 _CODE = re.compile(r"[A-Za-z][A-Za-z0-9_.-]{0,63}")
 # Errors of our own machinery, not answers about the fax: the task could not do its job.
-_OWN_FAULTS = frozenset({"FleetStateUnavailable", "UnexpectedError"})
+# Not an outage of Redis or Postgres: that is told once per process (outbox/outage.py), and
+# the rows go on by themselves within seconds of its end; a failed task per fax would bury it.
+_OWN_FAULTS = frozenset({"UnexpectedError"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -177,8 +198,9 @@ class SubmitReport:
     @property
     def fault(self) -> bool:
         """True when the fax could not be tried because of a fault of ours or of the setup (a
-        pause it opened, Redis unreachable, a bug, a lost lease), not because of an answer
-        about the fax itself: its task did not do its job and shows as failed."""
+        pause it opened, a bug, a lost lease), not because of an answer about the fax itself:
+        its task did not do its job and shows as failed. Not for an outage of Redis or
+        Postgres, which the process tells once and which the rows outlive."""
         return (
             self.outcome is Outcome.LEASE_LOST
             or self.paused is not None
@@ -223,6 +245,9 @@ class SubmitReport:
                 text = f"{status}{where}" + (f": {self.reason}" if self.reason else "")
             case Outcome.NEEDS_REVIEW:
                 text = "needs review" + (f": {self.reason}" if self.reason else "")
+            case Outcome.NOT_CLAIMED if self.error == "DatabaseUnavailable":
+                text = "database unavailable, handed out again when it is back"
+                suffix = ""
             case Outcome.NOT_CLAIMED:
                 text = "skipped (already taken, finished or not due)"
             case Outcome.LEASE_LOST:
@@ -248,10 +273,100 @@ def submit_faxes(ctx: SubmitContext, fax_ids: Sequence[int]) -> list[Outcome]:
 
 
 def submit_reports(ctx: SubmitContext, fax_ids: Sequence[int]) -> list[SubmitReport]:
-    """`submit_faxes`, with what became of each row told (`SubmitReport`)."""
-    # One connection for the whole message: one checkout (and liveness ping), not one per fax.
-    with ctx.fast_engine.connect() as conn:
-        return [_submit(ctx, conn, fax_id) for fax_id in fax_ids]
+    """`submit_faxes`, with what became of each row told (`SubmitReport`).
+
+    If the database goes away meanwhile, what could not be written is kept (`KeptWork`) and
+    written by `settle_kept` before this process claims anything new; the rows not reached
+    are reported `DatabaseUnavailable`, and the outage is logged once per process.
+    """
+    reports: list[SubmitReport] = []
+    with ctx.kept.busy:
+        try:
+            settle_kept(ctx)
+            # One connection for the whole message: one checkout (and liveness ping).
+            with database_boundary(), ctx.fast_engine.connect() as conn:
+                for fax_id in fax_ids:
+                    ctx.current = None
+                    reports.append(_submit(ctx, conn, fax_id))
+            ctx.outages.back(DATABASE)
+        except DatabaseUnavailable as exc:
+            _keep_unwritten(ctx, list(fax_ids[len(reports) :]), exc)
+            reports += [
+                SubmitReport(fax_id, Outcome.NOT_CLAIMED, error=type(exc).__name__)
+                for fax_id in fax_ids[len(reports) :]
+            ]
+        finally:
+            ctx.current = None
+    return reports
+
+
+def _keep_unwritten(ctx: SubmitContext, rest: list[int], exc: DatabaseUnavailable) -> None:
+    """Keep the claim in progress (if the database went away during one) and the ids not
+    reached, and say so once per outage."""
+    current = ctx.current
+    if current is not None and rest and current.claimed.id == rest[0]:
+        # The document is not needed again: a kept claim is written or given back, not sent.
+        claimed = replace(current.claimed, document=b"")
+        ctx.kept.keep(claimed.lease_token, replace(current, claimed=claimed))
+        rest = rest[1:]
+    ctx.kept.keep_waiting(rest)
+    ctx.outages.lost(
+        DATABASE,
+        exc,
+        "keeping what this process could not write; it writes it, and gives back what it "
+        "did not send, as soon as the database answers",
+    )
+
+
+def settle_kept(ctx: SubmitContext) -> int:
+    """Write what a database outage kept this process from writing; returns how many rows.
+
+    Called before anything new is claimed (and by a retry thread while anything is kept).
+    A POST's outcome is recorded as `_apply` records any: under its lease if still held; on a
+    lost lease (the rescuer gave the row back meanwhile) the attempt is logged and a 201 is
+    applied to the row waiting in `pending` (`_record_lost_lease_post`), so it is not sent
+    again. A claim that was not sent is given back, due now, not after its lease; rows never
+    claimed are made due now. A POST whose answer never came is left to its lease: its
+    outcome is unknown, which is what the rescuer records. Raises `DatabaseUnavailable` while
+    the database is still away (everything stays kept).
+    """
+    if not ctx.kept:
+        return 0
+    settled = 0
+    with ctx.kept.busy, database_boundary(), ctx.fast_engine.connect() as conn:
+        try:
+            for token, kept in ctx.kept.claims():
+                ctx.current = kept
+                claimed = kept.claimed
+                if kept.plan is not None and kept.started is not None:
+                    with conn.begin():
+                        # The write may have reached the database before its answer was lost.
+                        written = repository.attempt_logged(
+                            conn, claimed.id, worker=ctx.worker_id, started_at=kept.started
+                        )
+                    if not written:
+                        _apply(
+                            ctx,
+                            conn,
+                            claimed,
+                            kept.plan,
+                            kept.started,
+                            kept.duration_ms,
+                            posted=kept.posted,
+                        )
+                elif not kept.posted:
+                    _release(ctx, conn, claimed, ctx.clock.now(), Outcome.THROTTLED)
+                ctx.kept.drop(token)
+                settled += 1
+        finally:
+            ctx.current = None
+        waiting = ctx.kept.waiting()
+        if waiting:
+            with conn.begin():
+                settled += repository.redispatch_now(conn, waiting, now=sql_now(ctx.clock))
+            ctx.kept.drop_waiting(waiting)
+    ctx.outages.back(DATABASE, f"wrote or gave back {settled} row(s) it had kept")
+    return settled
 
 
 def _submit(ctx: SubmitContext, conn: Connection, fax_id: int) -> SubmitReport:
@@ -268,6 +383,7 @@ def _submit(ctx: SubmitContext, conn: Connection, fax_id: int) -> SubmitReport:
         )
     if claimed is None:
         return SubmitReport(fax_id, Outcome.NOT_CLAIMED)
+    ctx.current = _Kept(claimed)
     now = claimed.claimed_at or ctx.clock.now()
 
     refusal = _refusal(ctx, claimed, now)
@@ -278,8 +394,10 @@ def _submit(ctx: SubmitContext, conn: Connection, fax_id: int) -> SubmitReport:
         held = _wait_for_turn(ctx, conn, claimed, lease_deadline)
     except FleetStateUnavailable as exc:
         # Nobody may call mintfax without the throttle. Nothing was attempted, so the row is
-        # given back (for as long as the table says) without an attempt in the log.
-        log.warning(
+        # given back (for as long as the table says) without an attempt in the log. One
+        # warning per outage and process, not one per fax.
+        ctx.outages.lost(REDIS, exc, "giving claimed faxes back unsent until it answers")
+        log.debug(
             "fax %s: %s; retrying soon",
             claimed.id,
             exc,
@@ -293,6 +411,7 @@ def _submit(ctx: SubmitContext, conn: Connection, fax_id: int) -> SubmitReport:
         return _apply(ctx, conn, claimed, plan_failure(claimed, exc, decision, now), now, 0)
     if held is not None:
         return held
+    ctx.outages.back(REDIS)
 
     with conn.begin():
         may_post = repository.begin_post(
@@ -313,6 +432,8 @@ def _submit(ctx: SubmitContext, conn: Connection, fax_id: int) -> SubmitReport:
         return _release(ctx, conn, claimed, ctx.clock.now(), Outcome.THROTTLED)
 
     started, t0 = ctx.clock.now(), ctx.monotonic()
+    if ctx.current is not None:
+        ctx.current.posted = True  # from here on, a lost answer is an unknown outcome
     try:
         result = ctx.sender.send_fax(
             to=claimed.to_number,
@@ -517,6 +638,10 @@ def _apply(
 ) -> SubmitReport:
     """Record the plan under the claim's lease. If the lease was lost and a POST was made,
     its result is still logged and acted on (`posted`)."""
+    current = ctx.current
+    if current is not None and current.claimed.lease_token == claimed.lease_token:
+        # Kept as it stands should the database go away before it is written.
+        current.plan, current.started, current.duration_ms = plan, started, duration_ms
     if plan.cooldown is not None:
         # First, so that the rest of the fleet stops before this transaction even commits.
         ctx.throttle.cooldown(plan.cooldown)

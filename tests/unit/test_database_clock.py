@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
+import pytest
+
 from outbox.clock import DatabaseClock, FrozenClock, sql_now
 from outbox.settings import Settings
 from workers.runtime import Runtime
@@ -27,6 +29,34 @@ def test_database_clock_reads_the_database_and_carries_it_with_the_monotonic_clo
     ticks[0] += 30
     clock.now()
     assert len(reads) == 2  # read again once the reading is older than `refresh`
+
+
+def test_a_failed_reading_keeps_the_last_one_carried_forward() -> None:
+    """The database restarts while a worker holds a 201: its clock still tells the time (the
+    last reading plus the monotonic clock), so the outcome can be stamped and kept."""
+    ticks = [100.0]
+    answers: list[datetime | Exception] = [DB_NOW, ConnectionError("refused")]
+
+    def read() -> datetime:
+        answer = answers.pop(0) if answers else DB_NOW + timedelta(seconds=50)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    clock = DatabaseClock(read, refresh=30, monotonic=lambda: ticks[0])
+    assert clock.now() == DB_NOW
+    ticks[0] += 40  # the reading is stale and the database is away
+    assert clock.now() == DB_NOW + timedelta(seconds=40)
+    ticks[0] += 1  # back: read again
+    assert clock.now() == DB_NOW + timedelta(seconds=50)
+
+
+def test_without_any_reading_a_failure_is_raised() -> None:
+    def read() -> datetime:
+        raise ConnectionError("refused")
+
+    with pytest.raises(ConnectionError):
+        DatabaseClock(read).now()
 
 
 def test_statements_get_no_now_from_the_database_clock_and_a_test_clock_s_own() -> None:

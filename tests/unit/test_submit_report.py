@@ -85,7 +85,7 @@ def later(seconds: float) -> datetime:
                 error="FleetStateUnavailable",
             ),
             "7: throttled, due again in 5.0 s (FleetStateUnavailable)",
-            True,
+            False,  # a Redis outage is told once per process, not failed per task
         ),
         (
             SubmitReport(
@@ -102,6 +102,11 @@ def later(seconds: float) -> datetime:
         (
             SubmitReport(10, Outcome.NOT_CLAIMED),
             "10: skipped (already taken, finished or not due)",
+            False,
+        ),
+        (
+            SubmitReport(11, Outcome.NOT_CLAIMED, error="DatabaseUnavailable"),
+            "11: database unavailable, handed out again when it is back",
             False,
         ),
     ],
