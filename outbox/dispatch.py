@@ -13,6 +13,7 @@ gets work; a large backlog goes out `ids_per_message` rows at a time.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -90,13 +91,24 @@ class Dispatcher:
                 )
             # Published after commit: a message never names a row that is not yet dispatched.
             messages = self.chunks(ids)
-            for chunk in messages:
-                self.publish(chunk)
+            for n, chunk in enumerate(messages):
+                try:
+                    self.publish(chunk)
+                except Exception:
+                    # The broker is away: the rows not published are given back at once, so
+                    # that they go as soon as it returns, not after the redispatch delay.
+                    self._give_back([i for rest in messages[n:] for i in rest])
+                    raise
             total += len(ids)
             room -= len(messages)
             if len(ids) < self.batch_size:
                 break
         return total
+
+    def _give_back(self, ids: Sequence[int]) -> None:
+        # The publish's error is the one to tell; if this fails too, the delay applies.
+        with contextlib.suppress(Exception), self.engine.begin() as conn:
+            repository.redispatch_now(conn, ids, now=sql_now(self.clock))
 
     def seconds_until_due(self, ceiling: float) -> float:
         """How long until the next pending row comes due, at most `ceiling`."""

@@ -58,7 +58,9 @@ MAINTENANCE_TASKS = (
     APPLY_RETENTION_TASK,
 )
 
-app = Celery("faxout", include=["workers.tasks"])
+# Every task ends quietly on a Postgres or Redis outage, one warning per process
+# (workers/outages.py).
+app = Celery("faxout", include=["workers.tasks"], task_cls="workers.outages:OutageAwareTask")
 
 
 def configure(settings: Settings) -> None:
@@ -95,6 +97,10 @@ def configure(settings: Settings) -> None:
         task_reject_on_worker_lost=True,
         task_acks_on_failure_or_timeout=True,
         worker_prefetch_multiplier=1,
+        # Back on the broker within a second of Redis's return, and one warning per outage
+        # from workers and beat, not a traceback per task (workers/outages.py).
+        worker_consumer="workers.outages:QuickReconnectConsumer",
+        beat_scheduler="workers.outages:OutageAwareScheduler",
         task_default_queue=QUEUE,
         task_create_missing_queues=True,
         task_routes={name: {"queue": MAINTENANCE_QUEUE} for name in MAINTENANCE_TASKS},

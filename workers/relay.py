@@ -14,11 +14,16 @@ import time
 from collections.abc import Sequence
 from types import FrameType
 
+import kombu.exceptions
 import psycopg
+import redis
 
+from outbox import repository
 from outbox.dispatch import Dispatcher
+from outbox.errors import FaxOutboxError
 from outbox.liveness import process_identity
 from outbox.models import NOTIFY_CHANNEL
+from outbox.outage import DATABASE, REDIS, OutageLog, as_database_unavailable
 from outbox.settings import Settings, libpq_url
 from workers.app import QUEUE, SUBMIT_TASK, app, configure
 from workers.heartbeat import HeartbeatThread, Pulse
@@ -28,6 +33,23 @@ log = logging.getLogger("faxout.relay")
 
 # When the broker queue is full, look again this soon.
 BACKPRESSURE_SLEEP = 0.05
+# While Postgres or Redis is away, try again this often: a restart takes seconds, and sending
+# must resume within seconds of it (a doubling backoff once slept 10 s past the return).
+OUTAGE_RETRY = 1.0
+
+
+def _outage(exc: BaseException) -> tuple[str, BaseException] | None:
+    """Which service `exc` says is away (and the error to tell), or None for anything else."""
+    lost = as_database_unavailable(exc)
+    if lost is not None:
+        return DATABASE, lost
+    if isinstance(
+        exc, (redis.ConnectionError, redis.TimeoutError, kombu.exceptions.OperationalError)
+    ):
+        return REDIS, exc
+    if isinstance(exc, FaxOutboxError) and exc.retryable:  # FleetStateUnavailable
+        return REDIS, exc
+    return None
 
 
 def run_relay(settings: Settings, stop: threading.Event, *, poll_interval: float = 0.5) -> None:
@@ -39,6 +61,7 @@ def run_relay(settings: Settings, stop: threading.Event, *, poll_interval: float
         app.send_task(SUBMIT_TASK, args=[list(fax_ids)], queue=QUEUE)
 
     dispatcher = runtime.dispatcher(publish, QUEUE)
+    outages = OutageLog(log)
     url = libpq_url(settings.require_database_url())
     backoff = 0.5
     # On a thread of its own, so it beats on time however long the loop waits for
@@ -62,19 +85,17 @@ def run_relay(settings: Settings, stop: threading.Event, *, poll_interval: float
                         "relay listening on %s", NOTIFY_CHANNEL, extra={"action": "relay.listening"}
                     )
                     backoff = 0.5
-                    _loop(dispatcher, listener, stop, poll_interval, pulse)
-            except (psycopg.OperationalError, OSError) as exc:
-                log.warning(
-                    "relay lost the database (%s); retrying in %.1fs",
-                    exc,
-                    backoff,
-                    extra={"action": "relay.database_lost"},
-                )
-                stop.wait(backoff)
-                backoff = min(backoff * 2, 10.0)
-            except Exception:
-                # Broker or anything else: rows already marked are republished after the
-                # redispatch delay, so the relay only has to stay alive and try again.
+                    _loop(dispatcher, listener, stop, poll_interval, pulse, outages)
+            except Exception as exc:
+                outage = _outage(exc)
+                if outage is not None:
+                    # One warning per outage, and no growing backoff: a restart takes
+                    # seconds, and sending must resume within seconds of its end.
+                    outages.lost(outage[0], outage[1], f"retrying every {OUTAGE_RETRY:.0f} s")
+                    stop.wait(OUTAGE_RETRY)
+                    continue
+                # Anything else: rows already marked are republished after the redispatch
+                # delay, so the relay only has to stay alive and try again.
                 log.exception(
                     "relay error; retrying in %.1fs", backoff, extra={"action": "relay.error"}
                 )
@@ -91,10 +112,20 @@ def _loop(
     stop: threading.Event,
     poll: float,
     pulse: Pulse,
+    outages: OutageLog,
 ) -> None:
     while not stop.is_set():
         dispatched = dispatcher.run_once()
         pulse.touch()
+        outages.back(DATABASE)
+        if outages.is_down(REDIS):
+            # Redis may have come back empty (a restart without persistence): the messages
+            # of rows already dispatched are gone, so they are made due now rather than after
+            # the redispatch delay (a duplicate message is harmless: claims are fenced).
+            with dispatcher.engine.begin() as conn:
+                again = repository.redispatch_waiting(conn, now=None)
+            outages.back(REDIS, f"{again} dispatched row(s) made due again")
+            continue
         if not dispatcher.needs_rows(dispatcher.queue_depth()):
             timeout = BACKPRESSURE_SLEEP
         else:

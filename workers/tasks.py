@@ -15,6 +15,7 @@ from workers.app import (
     WATCH_BALANCE_TASK,
     app,
 )
+from workers.outages import settle_soon
 from workers.runtime import Runtime
 
 
@@ -34,7 +35,9 @@ def submit_fax(fax_ids: list[int] | int) -> str:
     a fax from being tried, so that the task shows as failed.
     """
     ids = [fax_ids] if isinstance(fax_ids, int) else [int(fax_id) for fax_id in fax_ids]
-    reports = submit_reports(Runtime.get().submit_context, ids)
+    ctx = Runtime.get().submit_context
+    reports = submit_reports(ctx, ids)
+    settle_soon(ctx)  # what a database outage kept, written as soon as it is back
     summary = describe_reports(reports)
     if any(report.fault for report in reports):
         raise SubmitIncomplete(summary)

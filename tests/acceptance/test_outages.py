@@ -1,0 +1,212 @@
+"""Outages cost seconds, not leases (issue 12, item 3): Postgres or Redis restarted in the
+middle of a run. Real relay, workers, beat and sandbox; a Postgres cluster and a redis-server
+of the test's own, so that restarting them disturbs nobody else. The lease is production's
+(120 s): a row that waited it out would show as a stall of two minutes."""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from sqlalchemy import Engine
+
+from outbox import schema
+from outbox.db import make_engine
+from tests import pg_cluster
+from tests.acceptance.fleet import Fleet, fleet_env, log_dir
+from tests.pg_cluster import PgCluster
+from workers.single_host.stack import Stack
+
+pytestmark = [
+    pytest.mark.timeout(420),
+    pytest.mark.skipif(not pg_cluster.available(), reason="no PostgreSQL server binaries"),
+]
+
+# Ports of this test's own servers (other engineers' tests use their own).
+PG_PORTS = range(5440, 5450)
+REDIS_PORTS = range(6400, 6410)
+# Sending must resume this soon after the service is back.
+RESUME_WITHIN = 10.0
+
+
+def _free_port(candidates: range) -> int:
+    for port in candidates:
+        with (
+            socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock,
+            contextlib.suppress(OSError),
+        ):
+            sock.bind(("127.0.0.1", port))
+            return port
+    raise AssertionError(f"no free port in {candidates}")
+
+
+@pytest.fixture
+def own_postgres() -> Iterator[PgCluster]:
+    cluster = PgCluster(Path(tempfile.mkdtemp(prefix="faxout-pg-")), _free_port(PG_PORTS))
+    cluster.init()
+    try:
+        yield cluster
+    finally:
+        cluster.destroy()
+
+
+@dataclass
+class RedisServer:
+    """A redis-server of the test's own, stopped and started again by the test."""
+
+    workdir: Path
+    port: int
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(
+            [
+                *("redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", ""),
+                *("--appendonly", "no", "--dir", str(self.workdir)),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            with contextlib.suppress(OSError):
+                socket.create_connection(("127.0.0.1", self.port), 0.2).close()
+                return
+            time.sleep(0.02)
+        raise AssertionError("redis-server did not start")
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(10)
+
+
+@pytest.fixture
+def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
+    server = RedisServer(tmp_path, _free_port(REDIS_PORTS))
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def _fleet(database_url: str, redis_url: str, engine: Engine, tmp_path: Path) -> Fleet:
+    env = fleet_env(database_url, redis_url)
+    # Production's lease and redispatch delay: what an outage used to make rows wait out.
+    env.update(FAXOUT_LEASE_SECONDS="120", FAXOUT_REDISPATCH_SECONDS="20")
+    return Fleet(Stack(env, log_dir(tmp_path)), engine, redis_url)
+
+
+@pytest.fixture
+def pg_fleet(own_postgres: PgCluster, redis_url: str, tmp_path: Path) -> Iterator[Fleet]:
+    url = own_postgres.create_database("faxout")
+    engine = make_engine(url, pool_size=1)
+    schema.upgrade(engine)
+    fleet = _fleet(url, redis_url, engine, tmp_path)
+    try:
+        yield fleet
+    finally:
+        fleet.stack.stop_all(grace=15)
+        engine.dispose()
+
+
+@pytest.fixture
+def redis_fleet(
+    database_url: str, engine: Engine, own_redis: RedisServer, tmp_path: Path
+) -> Iterator[Fleet]:
+    fleet = _fleet(database_url, own_redis.url, engine, tmp_path)
+    try:
+        yield fleet
+    finally:
+        fleet.stack.stop_all(grace=15)
+
+
+def _created(fleet: Fleet) -> int:
+    return int(fleet.sandbox("stats")["faxes_created"])
+
+
+def _time_to_next_creation(fleet: Fleet, timeout: float = 150) -> float:
+    """Seconds until the sandbox creates a fax it had not created when called."""
+    start, before = time.monotonic(), _created(fleet)
+    while time.monotonic() - start < timeout:
+        if _created(fleet) > before:
+            return time.monotonic() - start
+        time.sleep(0.05)
+    raise AssertionError(f"nothing sent within {timeout:.0f}s of the service coming back")
+
+
+def _submitted_quietly(fleet: Fleet, count: int) -> None:
+    """Every fax exactly once, none rescued (no lease was waited out), logs without
+    tracebacks and with at most one outage line of each kind per process."""
+    fleet.assert_exactly_once(count)
+    with fleet.engine.connect() as conn:
+        rescued = conn.exec_driver_sql(
+            "SELECT count(*) FROM fax_outbox WHERE outcome_unknown"
+        ).scalar_one()
+    assert rescued == 0, "a row waited out its lease and was rescued"
+    for name in fleet.stack.processes:
+        if name == "sandbox":
+            continue
+        text = fleet.stack.log_text(name)
+        assert "Traceback" not in text, f"{name}:\n{text[-4000:]}"
+
+
+def _one_line_per_process_and_outage(fleet: Fleet, service: str) -> None:
+    """Each worker (its parent and two pool processes) and the relay told the outage at
+    most once per process, and its end as often: not once per task."""
+    for name, processes in (("worker0", 3), ("worker1", 3), ("relay0", 1)):
+        lines = fleet.stack.log_text(name).splitlines()
+        lost = [line for line in lines if f"action=outage.{service}_lost" in line]
+        back = [line for line in lines if f"action=outage.{service}_back" in line]
+        assert 1 <= len(lost) <= processes, (name, lost)
+        assert len(back) == len(lost), (name, lost, back)
+
+
+def test_postgres_restart_mid_run_costs_seconds(pg_fleet: Fleet, own_postgres: PgCluster) -> None:
+    fleet = pg_fleet
+    fleet.start_sandbox("--rate-limit-per-minute", "0", "--faults", "latency_ms=100-200")
+    fleet.start(workers=2, concurrency=2)
+    fleet.enqueue(600)
+    fleet.wait_until(lambda: fleet.submitted_count() >= 100, 90, "the run to be under way")
+    own_postgres.stop("fast")  # every connection dropped, POSTs in flight
+    time.sleep(5)
+    own_postgres.start()
+    back = time.monotonic()
+    stall = _time_to_next_creation(fleet)
+    print(f"\nPostgres back -> next fax created at the sandbox: {stall:.2f} s")
+    fleet.wait_until(lambda: fleet.unfinished() == 0, 200, "the rest after the restart")
+    print(f"drained {time.monotonic() - back:.1f} s after Postgres was back")
+    _submitted_quietly(fleet, 600)
+    assert stall < RESUME_WITHIN
+    _one_line_per_process_and_outage(fleet, "database")
+
+
+def test_redis_restart_mid_run_costs_seconds(redis_fleet: Fleet, own_redis: RedisServer) -> None:
+    fleet = redis_fleet
+    fleet.start_sandbox("--rate-limit-per-minute", "0", "--faults", "latency_ms=100-200")
+    fleet.start(workers=2, concurrency=2)
+    fleet.enqueue(600)
+    fleet.wait_until(lambda: fleet.submitted_count() >= 100, 90, "the run to be under way")
+    own_redis.stop()  # broker, throttle and pause mirror gone (and emptied: no persistence)
+    time.sleep(5)
+    own_redis.start()
+    back = time.monotonic()
+    stall = _time_to_next_creation(fleet)
+    print(f"\nRedis back -> next fax created at the sandbox: {stall:.2f} s")
+    fleet.wait_until(lambda: fleet.unfinished() == 0, 200, "the rest after the restart")
+    print(f"drained {time.monotonic() - back:.1f} s after Redis was back")
+    _submitted_quietly(fleet, 600)
+    assert stall < RESUME_WITHIN
+    _one_line_per_process_and_outage(fleet, "redis")
