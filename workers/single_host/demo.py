@@ -31,7 +31,6 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import redis
 from pydantic import SecretStr
 from rich.console import Console, Group
 from rich.live import Live
@@ -39,7 +38,7 @@ from rich.panel import Panel
 from rich.table import Table
 from sqlalchemy import Engine, text
 
-from outbox import FaxIntent, enqueue_fax, enqueue_faxes, schema
+from outbox import FaxIntent, enqueue_fax, enqueue_faxes, redis_conn, schema
 from outbox.db import make_engine
 from outbox.errors import ValidationFailed
 from outbox.fax_client import MintfaxClient
@@ -167,7 +166,7 @@ def run(
             f"  enqueued {faxes - stretch} more faxes across {len(MIX)} sandbox scenarios\n"
         )
 
-        rds = redis.Redis.from_url(urls.redis_url)
+        rds = redis_conn.client(redis_conn.parse_redis_url(urls.redis_url))
         stack.callback(rds.close)
         throttle = FleetThrottle(rds, RATE_LIMIT)
         done = _watch(console, engine, throttle, control, prefix, faxes, state, timeout)
