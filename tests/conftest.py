@@ -32,7 +32,14 @@ from workers.single_host import embedded
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    # The chaos run (tests/chaos, `make chaos`) takes minutes and restarts servers of its own:
+    # only a `-m` expression that names it selects it, never `make test` or a bare pytest.
+    if "chaos" not in (config.option.markexpr or ""):
+        chaos = [item for item in items if item.get_closest_marker("chaos")]
+        if chaos:
+            config.hook.pytest_deselected(items=chaos)
+            items[:] = [item for item in items if not item.get_closest_marker("chaos")]
     for item in items:
         tier = Path(str(item.fspath)).parent.name
         # tests/sandbox holds both tiers: a test that starts the simulator or a webhook
