@@ -282,6 +282,12 @@ def check_at_startup(target: RedisTarget, *, timeout: float = 2.0) -> str | None
         try:
             answer = probe.sentinel_get_master_addr_by_name(target.master_name)
         except redis.AuthenticationError:
+            if _is_redis_server(host, port, target, timeout):
+                raise ConfigurationError(
+                    "REDIS_URL",
+                    f"names {where}, a Redis server, where a sentinel is expected "
+                    f"(sentinels listen on {DEFAULT_SENTINEL_PORT} by default)",
+                ) from None
             raise ConfigurationError(
                 "FAXOUT_REDIS_SENTINEL_PASSWORD",
                 f"is refused by the sentinel at {where}"
@@ -297,7 +303,9 @@ def check_at_startup(target: RedisTarget, *, timeout: float = 2.0) -> str | None
                     f"is set but the sentinel at {where} has no password",
                 ) from None
             raise ConfigurationError(
-                "REDIS_URL", f"names {where}, which is not a Redis Sentinel ({exc})"
+                "REDIS_URL",
+                f"names {where}, which is not a Redis Sentinel ({exc}; sentinels listen on "
+                f"{DEFAULT_SENTINEL_PORT} by default)",
             ) from None
         finally:
             probe.close()
@@ -317,6 +325,36 @@ def check_at_startup(target: RedisTarget, *, timeout: float = 2.0) -> str | None
             "(see `SENTINEL MASTERS` on a sentinel, or its sentinel.conf `sentinel monitor`)",
         )
     return _check_master(target, master, timeout)
+
+
+def _is_redis_server(host: str, port: int, target: RedisTarget, timeout: float) -> bool:
+    """True when `host:port`, which refused the sentinels' password, takes the Redis password
+    and does not know SENTINEL: REDIS_URL lists a Redis server among the sentinels (a common
+    slip: the server's port instead of the sentinel's)."""
+    import redis
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+
+    if target.password is None:
+        return False
+    probe = redis.Redis(
+        host=host,
+        port=port,
+        username=target.username,
+        password=target.password.get_secret_value(),
+        socket_timeout=timeout,
+        socket_connect_timeout=timeout,
+        retry=Retry(NoBackoff(), 0),
+    )
+    try:
+        probe.sentinel_get_master_addr_by_name(target.master_name)
+    except redis.ResponseError as exc:
+        return "unknown command" in str(exc).lower()
+    except redis.RedisError:
+        return False
+    finally:
+        probe.close()
+    return False
 
 
 def _check_master(target: RedisTarget, address: tuple[str, int], timeout: float) -> str | None:

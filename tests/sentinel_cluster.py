@@ -159,6 +159,10 @@ class SentinelCluster:
         self._wait(promoted, timeout, "a new primary")
         return found[-1]
 
+    def stop_sentinel(self, port: int) -> None:
+        """kill -9 one sentinel."""
+        self._kill(f"sentinel-{port}")
+
     def stop_sentinels(self) -> None:
         """kill -9 every sentinel (the servers keep running)."""
         for port in self.sentinel_ports:

@@ -9,6 +9,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 import redis
@@ -16,6 +17,7 @@ from pydantic import SecretStr
 from sqlalchemy import Engine
 
 from outbox import redis_conn
+from outbox.errors import ConfigurationError
 from outbox.models import FaxStatus
 from outbox.pause import PauseMirror
 from outbox.preflight import Outcome, check_redis
@@ -269,6 +271,29 @@ def test_a_client_follows_the_failover_and_the_sentinels_password_is_theirs(
     # Written before the kill, replicated: the pause survives the failover.
     assert mirror.is_paused() and promoted.exists(mirror.key)
     assert MASTER in repr(target) and REDIS_PASSWORD not in repr(target)
+    # Two sentinels of three gone: the third answers, at start and for new connections.
+    for port in cluster.sentinel_ports[:2]:
+        cluster.stop_sentinel(port)
+    assert redis_conn.check_at_startup(target) is None
+    fresh = redis_conn.client(target, socket_timeout=2, socket_connect_timeout=2)
+    assert fresh.get("after-failover") == b"1"
+    fresh.close()
+    client.close()
+
+
+def test_a_redis_port_given_as_a_sentinel_is_named(cluster: SentinelCluster) -> None:
+    url = f"redis+sentinel://:{REDIS_PASSWORD}@127.0.0.1:{cluster.server_ports[0]}/{MASTER}/0"
+    target = redis_conn.parse_redis_url(url)
+    with pytest.raises(ConfigurationError) as caught:
+        redis_conn.check_at_startup(target)
+    assert caught.value.setting == "REDIS_URL"
+    assert "a Redis server, where a sentinel is expected" in caught.value.reason
+    assert REDIS_PASSWORD not in str(caught.value)
+    # The Redis password wrong as well: then it can only be the sentinels' password at fault.
+    wrong = redis_conn.parse_redis_url(url.replace(REDIS_PASSWORD, "not-it"))
+    with pytest.raises(ConfigurationError) as caught:
+        redis_conn.check_at_startup(wrong)
+    assert caught.value.setting == "FAXOUT_REDIS_SENTINEL_PASSWORD"
 
 
 def test_after_sentinel_failover_a_client_leaves_the_old_master_before_its_demotion(
@@ -295,3 +320,13 @@ def test_after_sentinel_failover_a_client_leaves_the_old_master_before_its_demot
     role = cluster.server(old).execute_command("ROLE")  # type: ignore[no-untyped-call]
     assert role[0] == b"master", "the sentinels demoted the old master too soon to tell"
     client.close()
+
+
+def test_a_plain_redis_given_as_a_sentinel_is_named(redis_url: str) -> None:
+    """The test session's own Redis (no password) in a sentinel URL."""
+    netloc = urlsplit(redis_url).netloc.rpartition("@")[2]
+    target = redis_conn.parse_redis_url(f"redis+sentinel://{netloc}/{MASTER}/0")
+    with pytest.raises(ConfigurationError) as caught:
+        redis_conn.check_at_startup(target)
+    assert caught.value.setting == "REDIS_URL"
+    assert "which is not a Redis Sentinel" in caught.value.reason
