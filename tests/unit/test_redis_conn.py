@@ -145,3 +145,21 @@ def test_an_unset_redis_url_is_refused_naming_it() -> None:
 
 def test_one_server_needs_no_startup_question() -> None:
     assert redis_conn.check_at_startup(parse_redis_url("redis://localhost:1/0")) is None
+
+
+def test_every_redis_client_of_the_processes_is_built_through_redis_conn() -> None:
+    """A client built elsewhere would read REDIS_URL its own way and miss the sentinels."""
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    builders = re.compile(r"\bfrom_url\(|\bRedis\(|\bStrictRedis\(|\bSentinel\(|\bmaster_for\(")
+    found = [
+        f"{path.relative_to(root)}:{number}"
+        for package in ("outbox", "workers")
+        for path in sorted((root / package).rglob("*.py"))
+        if path.name != "redis_conn.py"
+        for number, line in enumerate(path.read_text().splitlines(), 1)
+        if builders.search(line)
+    ]
+    assert found == []
