@@ -193,6 +193,33 @@ def test_postgres_restart_mid_run_costs_seconds(pg_fleet: Fleet, own_postgres: P
     _one_line_per_process_and_outage(fleet, "database")
 
 
+def test_postgres_away_for_longer_than_the_lease_still_sends_each_fax_once(
+    pg_fleet: Fleet, own_postgres: PgCluster
+) -> None:
+    """The outage (15 s) outlasts the lease (10 s): when the database is back, beat's rescuer
+    and the workers' kept outcomes race for the same rows. Whoever wins, a kept 201 is never
+    lost (adopted by the row the rescuer gave back, or replayed by the next claim) and no fax
+    is created twice."""
+    fleet = pg_fleet
+    fleet.stack.env.update(FAXOUT_LEASE_SECONDS="10", FAXOUT_HTTP_TIMEOUT_SECONDS="5")
+    fleet.start_sandbox("--rate-limit-per-minute", "0", "--faults", "latency_ms=100-200")
+    fleet.start(workers=2, concurrency=2)
+    fleet.enqueue(300)
+    fleet.wait_until(lambda: fleet.submitted_count() >= 50, 90, "the run to be under way")
+    own_postgres.stop("fast")
+    time.sleep(15)
+    own_postgres.start()
+    stall = _time_to_next_creation(fleet)
+    fleet.wait_until(lambda: fleet.unfinished() == 0, 120, "the rest after the restart")
+    fleet.assert_exactly_once(300)
+    assert stall < RESUME_WITHIN
+    with fleet.engine.connect() as conn:
+        lost_lease_acceptances = conn.exec_driver_sql(
+            "SELECT count(*) FROM fax_attempts WHERE lease_lost AND mintfax_fax_id IS NOT NULL"
+        ).scalar_one()
+    print(f"\nnext fax {stall:.2f} s after; {lost_lease_acceptances} 201(s) on a lost lease")
+
+
 def test_redis_restart_mid_run_costs_seconds(redis_fleet: Fleet, own_redis: RedisServer) -> None:
     fleet = redis_fleet
     fleet.start_sandbox("--rate-limit-per-minute", "0", "--faults", "latency_ms=100-200")
