@@ -73,10 +73,17 @@ _EXTRA_MODULES = {
 def missing_extras(*extras: str) -> list[str]:
     """Which of `extras` are not installed (one of their modules cannot be found)."""
     return [
-        extra
-        for extra in extras
-        if any(importlib.util.find_spec(module) is None for module in _EXTRA_MODULES[extra])
+        extra for extra in extras if any(not _installed(module) for module in _EXTRA_MODULES[extra])
     ]
+
+
+def _installed(module: str) -> bool:
+    # Imported already counts: find_spec raises ValueError for a module whose __spec__ is
+    # None, which kombu's is once imported (it replaces its own module object). A None in
+    # sys.modules blocks the import: not installed, as far as we can use it.
+    if module in sys.modules:
+        return sys.modules[module] is not None
+    return importlib.util.find_spec(module) is not None
 
 
 def _require_extra(command: str, *extras: str) -> None:
