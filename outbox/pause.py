@@ -26,8 +26,11 @@ from outbox.throttle import DEFAULT_KEY_PREFIX, FleetThrottle, fleet_state_unava
 
 _MESSAGES = {
     PauseReason.INSUFFICIENT_BALANCE: (
-        "mintfax balance is insufficient (402): the fleet is paused; top up the balance, then "
-        "run `faxout resume`"
+        # Not "then run `faxout resume`": the pause ends by itself after a top-up (mintfax's
+        # balance.topup event, or the balance watch), as the chaos run's alert showed.
+        "mintfax balance is insufficient (402): the fleet is paused; top up the balance and it "
+        "resumes by itself (mintfax's balance.topup event, or the balance watch once "
+        "FAXOUT_RESUME_BALANCE_CENTS are available); `faxout resume` ends the pause at once"
     ),
     PauseReason.AUTHENTICATION_FAILED: (
         "mintfax refused the API key (401/403): the fleet is paused; fix MINTFAX_API_KEY, then "
