@@ -352,6 +352,15 @@ def _report(
         )
     }
 
+    # ERROR lines by process and action (alerts are ERROR lines too): what an operator's log
+    # shows of the run, kept in the figures, not asserted.
+    errors: Counter[str] = Counter()
+    for name in fleet.stack.processes:
+        for line in fleet.stack.log_text(name).splitlines():
+            if " ERROR " in line[:40]:
+                action = line.partition("[action=")[2].partition("]")[0].split(" ")[0]
+                errors[f"{name}: {action or '?'}"] += 1
+
     problems: list[str] = []
     if not finished:
         problems.append(f"not every row was final within {RUN_BUDGET:.0f} s: {dict(counts)}")
@@ -420,6 +429,7 @@ def _report(
         "alerts": dict(alert_kinds),
         "pauses": [{"reason": str(p.reason), "ended_by": p.ended_by} for p in pauses],
         "tracebacks_by_process": tracebacks,
+        "error_lines": dict(errors.most_common()),
         "webhook_lag_seconds": {
             "median": round(float(lag_row[0] or 0), 2),
             "max": round(float(lag_row[1] or 0), 2),
@@ -478,6 +488,7 @@ def _print(report: dict[str, Any]) -> None:
         ("pauses (reason, ended by)", report["pauses"]),
         ("alerts by kind", report["alerts"]),
         ("tracebacks in logs", report["tracebacks_by_process"] or 0),
+        ("ERROR lines (process: action)", report["error_lines"] or 0),
         (
             "webhook lag median / max",
             "{median} s / {max} s".format(**report["webhook_lag_seconds"]),
