@@ -30,7 +30,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from outbox.errors import WebhookRefused
+from outbox.errors import DatabaseUnavailable, WebhookRefused
 from outbox.events import FaxEvent
 from outbox.webhooks import BAD_REQUEST, MAX_BODY_BYTES, TOO_LARGE, verify_webhook
 
@@ -181,6 +181,9 @@ def create_receiver(
             return JSONResponse({"ok": False, "error": "bad_request"}, status_code=400)
         try:
             result = await apply(event)
+        except DatabaseUnavailable:
+            # The reconciler logged the outage once; mintfax sends the event again.
+            return JSONResponse({"ok": False, "error": "unavailable"}, status_code=503)
         except Exception as exc:
             # Type only at ERROR: a database error's text can hold the event's data (numbers).
             log.error(
