@@ -45,6 +45,7 @@ from outbox.errors import (
     AuthenticationFailed,
     ConfigurationError,
     ConnectFailed,
+    DatabaseUnavailable,
     FaxOutboxError,
     FleetStateUnavailable,
     IdempotencyInProgress,
@@ -252,6 +253,8 @@ FAILURES: Final[tuple[tuple[ErrorTypes, Rule], ...]] = (
     (RateLimited, HonourRetryAfter()),
     (IdempotencyInProgress, Wait(_IN_PROGRESS_WAIT, Outcome.IN_PROGRESS, jitter=0.5)),
     (FleetStateUnavailable, Wait(_FLEET_STATE_WAIT, Outcome.THROTTLED)),
+    # Postgres out of reach before the POST: the row waits; it is nobody's failure either.
+    (DatabaseUnavailable, Wait(_FLEET_STATE_WAIT, Outcome.THROTTLED)),
     # Nothing was sent: again while attempts last; `failed` only if no attempt was unknown.
     (ConnectFailed, Resend(Stop(FaxStatus.FAILED, "retries_exhausted", alert=True))),
     # Unknown outcomes: again, with the same key, while attempts last; then a human looks.

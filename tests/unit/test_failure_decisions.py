@@ -21,6 +21,7 @@ from outbox.errors import (
     AuthenticationFailed,
     ConfigurationError,
     ConnectFailed,
+    DatabaseUnavailable,
     FaxOutboxError,
     FieldError,
     FleetStateUnavailable,
@@ -31,9 +32,11 @@ from outbox.errors import (
     InsufficientBalance,
     LeaseExpired,
     MintfaxError,
+    OperationRefused,
     RateLimited,
     RequestRejected,
     ServerError,
+    SubmitIncomplete,
     TransportError,
     UnexpectedError,
     UnexpectedResponse,
@@ -130,6 +133,11 @@ TABLE: list[tuple[FaxOutboxError, Decision, Decision]] = [
         at(5, False, Outcome.THROTTLED),
     ),
     (
+        DatabaseUnavailable("connection refused"),
+        at(5, False, Outcome.THROTTLED),
+        at(5, False, Outcome.THROTTLED),
+    ),
+    (
         InsufficientBalance("top up", status_code=402),
         pause(PauseReason.INSUFFICIENT_BALANCE),
         pause(PauseReason.INSUFFICIENT_BALANCE),
@@ -183,6 +191,8 @@ TABLE: list[tuple[FaxOutboxError, Decision, Decision]] = [
     (IdempotencyConflict("k", 7), REVIEW_UNEXPECTED, REVIEW_UNEXPECTED),
     (FaxOutboxError("?"), REVIEW_UNEXPECTED, REVIEW_UNEXPECTED),
     (WebhookRefused("bad signature", 401), REVIEW_UNEXPECTED, REVIEW_UNEXPECTED),
+    (SubmitIncomplete("1: paused"), REVIEW_UNEXPECTED, REVIEW_UNEXPECTED),
+    (OperationRefused(1, "final", "it is final"), REVIEW_UNEXPECTED, REVIEW_UNEXPECTED),
 ]
 
 
