@@ -92,7 +92,7 @@ def upgrade() -> None:
         sa.Column("label", sa.Text(), nullable=False),
         sa.Column("value", sa.BigInteger(), nullable=False),
         sa.PrimaryKeyConstraint("kind", "label", name="metric_tallies_pkey"),
-        sa.CheckConstraint("value >= 0", name="metric_tallies_value_nonnegative_check"),
+        sa.CheckConstraint("value >= 0", name=op.f("metric_tallies_value_nonnegative_check")),
     )
     op.execute(TALLY_FUNCTION)
     for table in TALLIED_TABLES:

@@ -174,6 +174,10 @@ SYSTEM_VALUES: dict[str, Any] = {
     "mintfax_attempt": 1,
     "next_poll_at": "2030-01-01T00:00:00Z",
     "poll_attempts": 1,
+    # Added by 0010 (retention), refused by a trigger of its own with the same words.
+    "final_at": "2030-01-01T00:00:00Z",
+    "document_purged_at": "2030-01-01T00:00:00Z",
+    "mintfax_deleted_at": "2030-01-01T00:00:00Z",
 }
 # Not set by the caller and not checked by the insert trigger: the identity (a caller-given id
 # cannot be told from the sequence's in a BEFORE trigger) and the derived fingerprint (always
