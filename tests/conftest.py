@@ -48,6 +48,11 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             tier = "acceptance"
         if tier in ("integration", "acceptance"):
             item.add_marker(getattr(pytest.mark, tier))
+    # Real-process tests first: most of their time is waiting (on processes, on real time), and
+    # started last they were a tail of minutes with the fast tests long done; in front, xdist's
+    # workers fill those waits with the fast tests.
+    order = {"acceptance": 0, "integration": 1}
+    items.sort(key=lambda item: min((order.get(m.name, 2) for m in item.iter_markers()), default=2))
 
 
 def _worker_number(config: pytest.Config) -> int:
