@@ -81,7 +81,7 @@ class Harness:
 
     def enqueue(self, to: str = "+15005550001", ref: str = "r1", **kw: Any) -> int:
         with self.engine.begin() as conn:
-            return enqueue_fax(
+            row_id = enqueue_fax(
                 conn,
                 to=to,
                 document=PDF,
@@ -90,6 +90,14 @@ class Harness:
                 environment="sandbox",
                 **kw,
             ).id
+            due = conn.execute(
+                select(fax_outbox.c.next_attempt_at).where(fax_outbox.c.id == row_id)
+            ).scalar_one()
+        # The row is due from the database's now(); a test slower than the fixture's one-second
+        # lead (a loaded machine) would otherwise find it not due yet and claim nothing.
+        if due >= self.clock.now():
+            self.clock.set(due + timedelta(seconds=1))
+        return row_id
 
     def dispatch(self) -> list[int]:
         with self.engine.begin() as conn:
