@@ -139,7 +139,7 @@ class SentinelCluster:
                     raise
                 time.sleep(0.2)
 
-    def wait_for_new_primary(self, old_port: int, timeout: float = 30) -> int:
+    def wait_for_new_primary(self, old_port: int, timeout: float = 60) -> int:
         """Until the sentinels name another primary and it takes writes; returns its port."""
         found: list[int] = []
 
