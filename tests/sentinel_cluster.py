@@ -15,6 +15,10 @@ import redis
 
 MASTER = "faxmaster"
 HOST = "127.0.0.1"
+# Each xdist worker its own ports: two failover tests at once on one set of ports elected,
+# killed and demoted each other's servers.
+_WORKER = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
+_OFFSET = 10 * (int(_WORKER[2:]) if _WORKER[2:].isdigit() else 0)
 
 
 @dataclass
@@ -22,8 +26,8 @@ class SentinelCluster:
     """Handles on the processes; ports of the two servers and of the sentinels."""
 
     workdir: Path
-    server_ports: tuple[int, int] = (6390, 6391)
-    sentinel_ports: tuple[int, ...] = (26390, 26391, 26392)
+    server_ports: tuple[int, int] = (6390 + _OFFSET, 6391 + _OFFSET)
+    sentinel_ports: tuple[int, ...] = (26390 + _OFFSET, 26391 + _OFFSET, 26392 + _OFFSET)
     password: str | None = None  # the Redis servers' (requirepass / masterauth)
     sentinel_password: str | None = None  # the sentinels' own
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)

@@ -35,7 +35,8 @@ SENTINEL_PASSWORD = "sentinelPw4failover"
 
 @pytest.fixture
 def cluster(tmp_path: Path) -> Iterator[SentinelCluster]:
-    """Primary 6390, replica 6391, sentinels 26390-26392; the two secrets differ."""
+    """Primary 6390, replica 6391, sentinels 26390-26392 (+10 per xdist worker); the two
+    secrets differ."""
     cluster = SentinelCluster(
         tmp_path / "sentinel", password=REDIS_PASSWORD, sentinel_password=SENTINEL_PASSWORD
     )
