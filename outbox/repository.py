@@ -1876,21 +1876,13 @@ def ingest_event(conn: Connection, event: FaxEvent, observation: FaxObservation 
     return str(rows[0][0])
 
 
-# Many events in one statement and one commit (the receiver's group commit): each is still
-# recorded once and applied by the same `fax_events_ingest`, as one event alone would be.
-# The locks (migration 0015: the fax id's, else the event id's) are taken in one global
-# order, the lock key then arrival, so two batches never deadlock on each other, and events
-# about one fax apply in the order they came (a volatile function in the select list runs
-# after the sort, in that order).
+# Many events in one statement and one commit (the receiver's group commit): each gets the
+# outcome `fax_events_ingest` would give it alone. `fax_events_ingest_batch` (migration 0016)
+# takes every event's lock first, in one global order (two batches never deadlock), then
+# applies the batch by set; a fax named twice in the batch has its events applied one by one,
+# in the order they came.
 _INGEST_EVENTS = text(
-    """
-    SELECT e.n, fax_events_ingest(e.event_id, e.event_type, e.fax_id, e.occurred_at,
-                                  e.observation, e.payload)
-    FROM jsonb_to_recordset(CAST(:events AS jsonb))
-         AS e(n integer, event_id text, event_type text, fax_id text, occurred_at timestamptz,
-              observation jsonb, payload jsonb)
-    ORDER BY hashtext('fax_events:' || coalesce(e.fax_id, 'event:' || e.event_id)), e.n
-    """
+    "SELECT event_n, event_outcome FROM fax_events_ingest_batch(CAST(:events AS jsonb))"
 )
 
 
@@ -1902,24 +1894,45 @@ def ingest_events(
     event's fax-id lock until the end)."""
     if not items:
         return []
+    rows = _execute_hot(conn, _INGEST_EVENTS, {"events": _ingest_document(items)})
+    return _outcomes_in_order(rows, len(items))
+
+
+async def ingest_events_async(
+    conn: psycopg.AsyncConnection[Any], items: Sequence[tuple[FaxEvent, FaxObservation | None]]
+) -> list[str]:
+    """`ingest_events` on an autocommit psycopg connection of an event loop (the receiver's
+    batches: no worker thread). psycopg's errors are raised as they are."""
+    if not items:
+        return []
+    sql, _ = _raw_statement(_INGEST_EVENTS)
+    cursor = await conn.execute(sql, {"events": _ingest_document(items)})
+    return _outcomes_in_order(await cursor.fetchall(), len(items))
+
+
+def _ingest_document(items: Sequence[tuple[FaxEvent, FaxObservation | None]]) -> str:
     # One JSON document for the batch: psycopg escapes each string of a text[] parameter with
     # a regular expression, which cost more CPU than the rest of the receiver (JSON bodies are
     # all quotes).
-    batch = [
-        {
-            "n": n,
-            "event_id": event.event_id,
-            "event_type": event.event_type,
-            "fax_id": obs.mintfax_fax_id if obs else None,
-            "occurred_at": event.occurred_at.isoformat(),
-            "observation": None if obs is None else _observation_json(obs),
-            "payload": event.payload,
-        }
-        for n, (event, obs) in enumerate(items, start=1)
-    ]
-    rows = _execute_hot(conn, _INGEST_EVENTS, {"events": json.dumps(batch)})
-    outcomes = dict(rows)
-    return [str(outcomes[n]) for n in range(1, len(items) + 1)]
+    return json.dumps(
+        [
+            {
+                "n": n,
+                "event_id": event.event_id,
+                "event_type": event.event_type,
+                "fax_id": obs.mintfax_fax_id if obs else None,
+                "occurred_at": event.occurred_at.isoformat(),
+                "observation": None if obs is None else _observation_json(obs),
+                "payload": event.payload,
+            }
+            for n, (event, obs) in enumerate(items, start=1)
+        ]
+    )
+
+
+def _outcomes_in_order(rows: Sequence[Sequence[Any]], count: int) -> list[str]:
+    outcomes = {int(n): str(outcome) for n, outcome in rows}
+    return [outcomes[n] for n in range(1, count + 1)]
 
 
 _APPLY_OBSERVATION = text(
