@@ -5,15 +5,15 @@
 
 One uvicorn server process (`workers.webhooks.serve`, what `faxout webhooks serve` runs: one
 event loop, h11) serves both `POST /webhooks/mintfax`, the real receiver
-(`workers.webhooks.create_receiver` with `Reconciler(...).handle_event` and `handle_events`,
-built as `faxout webhooks serve` builds it: events that arrive together share one commit, on a
-fresh migrated
-database of the run, engine sized as `workers.runtime.Runtime` sizes it: pool 2 + overflow 2),
-and `POST /bare`, a plain Starlette endpoint on the same app that reads the body and answers
-200. The ratio isolates what the receiver adds: verification (generation A: hex HMAC-SHA256 of
-`{ts}.{body}`, the timestamp tolerance, the envelope), the hop into a worker thread, and one
-database transaction per event (advisory lock on the fax id, `fax_events` recorded once,
-`fax_outbox_apply_observation`).
+(`workers.webhooks.create_receiver` with `Reconciler(...).handle_event` and
+`handle_events_async`, built as `faxout webhooks serve` builds it: events that arrive together
+share one statement and one commit, awaited on the loop, on a fresh migrated database of the
+run; the engine for anything else is sized as `workers.runtime.Runtime` sizes it: pool 2 +
+overflow 2), and `POST /bare`, a plain Starlette endpoint on the same app that reads the body
+and answers 200. The ratio isolates what the receiver adds: verification (generation A: hex
+HMAC-SHA256 of `{ts}.{body}`, the timestamp tolerance, the envelope) and the database work
+(`fax_events_ingest_batch`: the locks on the fax ids, each event recorded once, the
+forward-only transition of `fax_outbox`, one commit per batch).
 
 The faxes exist as `submitted` rows with a `mintfax_fax_id` (bulk-inserted with
 `SET LOCAL faxout.allow_system_columns = on`). Events, as mintfax sends them: per fax
@@ -104,7 +104,10 @@ def serve(database_url: str, port: int, pool_size: int) -> None:
     reconciler = Reconciler(engine, Alerter(SystemClock()), None, SystemClock())
     secrets = [SecretStr(SECRET)]
     app = create_receiver(
-        reconciler.handle_event, lambda: secrets, handle_many=reconciler.handle_events
+        reconciler.handle_event,
+        lambda: secrets,
+        handle_many=reconciler.handle_events_async,
+        on_shutdown=reconciler.aclose,
     )
 
     async def bare(request: Request) -> JSONResponse:

@@ -17,6 +17,7 @@ ends a balance pause of the fleet.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -24,15 +25,17 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
+import psycopg
 from sqlalchemy import Connection, Engine
 
 from outbox import repository
 from outbox.alerts import Alert, Alerter
 from outbox.clock import Clock
-from outbox.errors import FleetStateUnavailable
+from outbox.db import AsyncConnections
+from outbox.errors import DatabaseUnavailable, FleetStateUnavailable
 from outbox.events import FAX_EVENTS, FaxEvent, FaxObservation
 from outbox.models import PauseReason
-from outbox.outage import DATABASE, OutageLog, as_database_unavailable
+from outbox.outage import DATABASE, OutageLog, as_database_unavailable, connection_lost
 from outbox.pause import FleetControl
 
 log = logging.getLogger("faxout.reconcile")
@@ -85,6 +88,7 @@ class Reconciler:
         self._deliveries = ThreadPoolExecutor(max_workers=1, thread_name_prefix="faxout-alerts")
         # A database outage is one warning and one line when it is back, not a line per event.
         self.outages = OutageLog(log)
+        self._async_connections: AsyncConnections | None = None  # on first async batch
 
     def handle_event(self, event: FaxEvent) -> EventResult:
         """Record `event` once and apply it, in one statement (the database's
@@ -133,35 +137,101 @@ class Reconciler:
         event by event, so one event's fault is only its own. `balance.low` goes on its own,
         with its alert.
         """
-        results: list[EventResult | Exception | None] = [None] * len(events)
-        together = [i for i, event in enumerate(events) if event.event_type != "balance.low"]
+        together = _batchable(events)
+        outcomes: list[str] | None = None
         try:
             with self._fast_engine.connect() as conn:
                 outcomes = repository.ingest_events(
                     conn, [(events[i], _observation(events[i])) for i in together]
                 )
         except Exception as exc:  # each is retried below, failing on its own
-            unavailable = as_database_unavailable(exc)
+            unavailable = self._batch_failed(exc, len(together))
             if unavailable is not None:
-                # Not one by one: each would fail the same way, a connection attempt and a log
-                # line apiece (a 1 s restart in the chaos run of issue 12: 230 lines).
-                self.outages.lost(DATABASE, unavailable, _WHILE_DOWN)
                 return [unavailable for _ in events]
-            # The type only: a database error's text can hold the events' data (numbers).
-            log.warning(
-                "a batch of %d webhook events failed (%s); applying them one by one",
-                len(together),
-                type(exc).__name__,
-                extra={"action": "webhook.batch_failed"},
+        return self._finish_batch(events, together, outcomes)
+
+    async def handle_events_async(
+        self, events: Sequence[FaxEvent]
+    ) -> list[EventResult | Exception]:
+        """`handle_events` from an event loop: the batch's statement is awaited on the loop's
+        own connection, with no worker thread (the receiver's loop and a writer thread took
+        turns at the GIL, and each batch waited for its turn: bench/webhook_ingest.py).
+        What else a batch needs (a `balance.low` and its alert, a failed batch applied event
+        by event, a fleet resumed by a top-up) runs in a thread, as `handle_events` runs it.
+        """
+        together = _batchable(events)
+        outcomes: list[str] | None = None
+        try:
+            outcomes = await self._ingest_async(
+                [(events[i], _observation(events[i])) for i in together]
             )
-        else:
+        except Exception as exc:  # each is retried in the thread, failing on its own
+            unavailable = self._batch_failed(exc, len(together))
+            if unavailable is not None:
+                return [unavailable for _ in events]
+        if outcomes is not None and len(together) == len(events) and not _tops_up(events, outcomes):
+            self.outages.back(DATABASE)
+            return [EventResult(outcome) for outcome in outcomes]
+        return await asyncio.to_thread(self._finish_batch, events, together, outcomes)
+
+    async def aclose(self) -> None:
+        """Close the connections `handle_events_async` keeps for the running loop."""
+        if self._async_connections is not None:
+            await self._async_connections.aclose()
+
+    async def _ingest_async(
+        self, items: Sequence[tuple[FaxEvent, FaxObservation | None]]
+    ) -> list[str]:
+        if not items:
+            return []
+        if self._async_connections is None:
+            self._async_connections = AsyncConnections.for_engine(self._engine)
+        while True:
+            async with self._async_connections.connection() as (conn, kept):
+                try:
+                    return await repository.ingest_events_async(conn, items)
+                except psycopg.Error as exc:
+                    # A kept connection the server dropped since (a restart): once more on a
+                    # new one, as the engine's ping would have done. A new one failing is an
+                    # outage. Retrying is safe: an event already recorded answers `duplicate`.
+                    if not (kept and connection_lost(exc)):
+                        raise
+                    log.info(
+                        "a kept database connection was gone (%s); retrying on a new one",
+                        type(exc).__name__,
+                        extra={"action": "webhook.reconnect"},
+                    )
+
+    def _batch_failed(self, exc: Exception, size: int) -> DatabaseUnavailable | None:
+        """The outage `exc` means, logged once; or None, logged, when the batch's events are
+        to be applied one by one instead."""
+        unavailable = as_database_unavailable(exc)
+        if unavailable is not None:
+            # Not one by one: each would fail the same way, a connection attempt and a log
+            # line apiece (a 1 s restart in the chaos run of issue 12: 230 lines).
+            self.outages.lost(DATABASE, unavailable, _WHILE_DOWN)
+            return unavailable
+        # The type only: a database error's text can hold the events' data (numbers).
+        log.warning(
+            "a batch of %d webhook events failed (%s); applying them one by one",
+            size,
+            type(exc).__name__,
+            extra={"action": "webhook.batch_failed"},
+        )
+        return None
+
+    def _finish_batch(
+        self, events: Sequence[FaxEvent], together: Sequence[int], outcomes: list[str] | None
+    ) -> list[EventResult | Exception]:
+        """Each event's result: the batch's outcome (`together`'s events, when `outcomes`
+        came back) or, for the rest, `handle_event` on its own; the fleet resumed if a top-up
+        was applied."""
+        results: list[EventResult | Exception | None] = [None] * len(events)
+        if outcomes is not None:
             self.outages.back(DATABASE)
             for i, outcome in zip(together, outcomes, strict=True):
                 results[i] = EventResult(outcome)
-            if any(
-                results[i] is EventResult.APPLIED and events[i].event_type == "balance.topup"
-                for i in together
-            ):
+            if _tops_up([events[i] for i in together], outcomes):
                 self._end_balance_pause()
         done: list[EventResult | Exception] = []
         for event, result in zip(events, results, strict=True):
@@ -208,6 +278,19 @@ class Reconciler:
 
 # What the receiver does while the database is away (the outage warning says it once).
 _WHILE_DOWN = "answering 503 to mintfax's webhooks, which it sends again"
+
+
+def _batchable(events: Sequence[FaxEvent]) -> list[int]:
+    """Which events go in a batch: all but `balance.low` (it goes alone, with its alert)."""
+    return [i for i, event in enumerate(events) if event.event_type != "balance.low"]
+
+
+def _tops_up(events: Sequence[FaxEvent], outcomes: Sequence[str]) -> bool:
+    """Whether a `balance.topup` among `events` was applied (the fleet's pause then ends)."""
+    return any(
+        outcome == EventResult.APPLIED and event.event_type == "balance.topup"
+        for event, outcome in zip(events, outcomes, strict=True)
+    )
 
 
 def _observation(event: FaxEvent) -> FaxObservation | None:

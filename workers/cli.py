@@ -881,7 +881,8 @@ def webhooks_serve(
     receiver = create_receiver(
         reconciler.handle_event,
         lambda: secrets,
-        handle_many=reconciler.handle_events,
+        handle_many=reconciler.handle_events_async,
+        on_shutdown=reconciler.aclose,
         count=WebhookCounters(runtime.redis).count,  # duplicates and refusals, fleet-wide
     )
     heart = HeartbeatThread(settings, "webhooks", f"webhooks@{_hostname()}:{port}").start()

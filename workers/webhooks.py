@@ -5,7 +5,9 @@ by `faxout webhooks serve` or mounted in an application's own ASGI app
 (`Mount("/hooks", app=create_receiver(...))`). Per request: read at most `MAX_BODY_BYTES` (a
 larger Content-Length is refused before reading), verify, then `handle(event)` in a worker
 thread (one short database transaction: the event is recorded once and applied), then answer;
-with `handle_many`, events that arrive together share that transaction (`GroupCommit`).
+with `handle_many`, events that arrive together share that transaction (`GroupCommit`), written
+on the event loop itself when `handle_many` is a coroutine function
+(`Reconciler.handle_events_async`, what `faxout webhooks serve` uses).
 Nothing else runs before the answer, so mintfax hears back well within its 5 s.
 
 Answers: 200 `{"ok": true, "result": ...}` (a duplicate too: it was applied before);
@@ -16,12 +18,15 @@ Answers: 200 `{"ok": true, "result": ...}` (a duplicate too: it was applied befo
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from types import FrameType
+from typing import cast
 
 from pydantic import SecretStr
 from starlette.applications import Starlette
@@ -47,24 +52,41 @@ def _utc_now() -> datetime:
     return datetime.now(UTC)
 
 
+# Several events, one commit: each event's result or exception, in order. Synchronous (run in
+# a worker thread) or a coroutine function (awaited on the loop).
+_ManySync = Callable[[Sequence[FaxEvent]], Sequence[object]]
+_ManyAsync = Callable[[Sequence[FaxEvent]], Awaitable[Sequence[object]]]
+HandleMany = _ManySync | _ManyAsync
+
+
 class GroupCommit:
     """Events that arrive while earlier ones are being written go together in the next write.
 
     Each request hands its verified event to `submit` and waits for its own result. At most
-    `writers` batches are written at once (each one statement and one commit, in a worker
-    thread); whatever arrives meanwhile waits and goes in the next batch, up to `max_batch`.
+    `writers` batches are written at once (each one statement and one commit: awaited on the
+    loop when `handle_many` is a coroutine function, else in a worker thread); whatever
+    arrives meanwhile waits and goes in the next batch, up to `max_batch`.
     Nothing waits on a timer: an event alone is written at once, and under load the commits
     (the receiver's bottleneck) carry many events each.
     """
 
     def __init__(
         self,
-        handle_many: Callable[[Sequence[FaxEvent]], Sequence[object]],
+        handle_many: HandleMany,
         *,
         writers: int = 2,
         max_batch: int = 64,
     ) -> None:
-        self._handle_many = handle_many
+        # Told apart once: awaited on the loop, or run in a worker thread.
+        self._many_async: _ManyAsync | None = None
+        self._many_sync: _ManySync | None = None
+        # An object with an `async def __call__` is awaited too (iscoroutinefunction says no).
+        if inspect.iscoroutinefunction(handle_many) or inspect.iscoroutinefunction(
+            getattr(handle_many, "__call__", None)  # noqa: B004 - the method itself is wanted
+        ):
+            self._many_async = cast(_ManyAsync, handle_many)
+        else:
+            self._many_sync = cast(_ManySync, handle_many)
         self._writers = writers
         self._max_batch = max_batch
         # Per event loop (an app can be served by more than one over its life, as tests do).
@@ -92,10 +114,18 @@ class GroupCommit:
             while queue.waiting:
                 batch = queue.waiting[: self._max_batch]
                 del queue.waiting[: self._max_batch]
+                events = [event for event, _ in batch]
                 try:
-                    results: Sequence[object] = await run_in_threadpool(
-                        self._handle_many, [event for event, _ in batch]
-                    )
+                    results: Sequence[object]
+                    if self._many_async is not None:
+                        results = await self._many_async(events)
+                    else:
+                        assert self._many_sync is not None
+                        results = await run_in_threadpool(self._many_sync, events)
+                    if len(results) != len(batch):  # never leave a request waiting for nothing
+                        raise RuntimeError(
+                            f"handle_many gave {len(results)} results for {len(batch)}"
+                        )
                 except Exception as exc:
                     results = [exc] * len(batch)
                 for (_, future), result in zip(batch, results, strict=True):
@@ -121,16 +151,18 @@ def create_receiver(
     secrets: Callable[[], Sequence[SecretStr]],
     clock: Callable[[], datetime] = _utc_now,
     *,
-    handle_many: Callable[[Sequence[FaxEvent]], Sequence[object]] | None = None,
+    handle_many: HandleMany | None = None,
     count: Callable[[str], None] | None = None,
+    on_shutdown: Callable[[], Awaitable[None]] | None = None,
 ) -> Starlette:
     """The receiver app. `handle` applies one verified event and names the outcome ("applied",
     "duplicate", ...); `secrets` is asked on every request, so a rotation can add a secret
     without a restart; `clock` is what timestamps are judged against (injectable in tests).
 
-    With `handle_many` (`Reconciler.handle_events`: several events, one commit, each event's
-    result or exception in order) concurrent events are written together (`GroupCommit`);
-    `handle` is then unused.
+    With `handle_many` (`Reconciler.handle_events_async`, or the synchronous
+    `Reconciler.handle_events`: several events, one commit, each event's result or exception
+    in order) concurrent events are written together (`GroupCommit`); `handle` is then unused.
+    `on_shutdown` (`Reconciler.aclose`) runs when the server running the app stops.
 
     `count` is told of each event that leaves no row (`duplicate`, `refused_<status>`), for
     the fleet's metrics (`outbox.fleet_status.WebhookCounters`); its failure changes no answer.
@@ -227,11 +259,18 @@ def create_receiver(
     async def healthz(request: Request) -> JSONResponse:
         return JSONResponse({"ok": True})
 
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        yield
+        if on_shutdown is not None:
+            await on_shutdown()
+
     return Starlette(
         routes=[
             Route(WEBHOOK_PATH, receive, methods=["POST"]),
             Route(HEALTH_PATH, healthz, methods=["GET"]),
-        ]
+        ],
+        lifespan=lifespan,
     )
 
 
@@ -276,7 +315,7 @@ def serve(app: Starlette, host: str, port: int) -> bool:
             app,
             host=host,
             port=port,
-            lifespan="off",
+            lifespan="on",
             access_log=False,
             log_config=None,
             server_header=False,

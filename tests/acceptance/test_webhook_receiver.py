@@ -4,6 +4,7 @@ mounted inside another ASGI app: answers, generic refusals with the reason in th
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import socket
@@ -273,21 +274,32 @@ def test_the_clock_judges_the_timestamp(
     assert response.status_code == 401  # signed now, judged in 2020: far in the future
 
 
+@pytest.mark.parametrize("writer", ["thread", "loop"])
 def test_events_that_arrive_together_are_written_together_each_answered_its_own(
-    serve: Callable[[Starlette], str], secrets: list[SecretStr]
+    serve: Callable[[Starlette], str], secrets: list[SecretStr], writer: str
 ) -> None:
     # Group commit (`handle_many`): while a batch is being written, arrivals wait and go in the
     # next; each request still gets its own event's result, and one event's failure is only
-    # that request's 503.
+    # that request's 503. The batch is written in a worker thread (a plain `handle_many`) or
+    # awaited on the server's loop (a coroutine function, as `faxout webhooks serve` has it).
     batches: list[list[str]] = []
 
-    def handle_many(events: Sequence[FaxEvent]) -> list[object]:
-        time.sleep(0.05)  # a commit
+    def results(events: Sequence[FaxEvent]) -> list[object]:
         batches.append([e.event_id for e in events])
         return [
             RuntimeError("refused") if e.event_id.endswith("_7") else f"applied:{e.event_id}"
             for e in events
         ]
+
+    def in_thread(events: Sequence[FaxEvent]) -> list[object]:
+        time.sleep(0.05)  # a commit
+        return results(events)
+
+    async def on_loop(events: Sequence[FaxEvent]) -> list[object]:
+        await asyncio.sleep(0.05)  # a commit
+        return results(events)
+
+    handle_many = in_thread if writer == "thread" else on_loop
 
     def unused(event: FaxEvent) -> str:
         raise AssertionError("with handle_many, events go through it")

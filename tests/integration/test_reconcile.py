@@ -4,6 +4,7 @@ event that beats the worker applied the moment the fax id is stored, the applica
 
 from __future__ import annotations
 
+import asyncio
 import json
 import threading
 import uuid
@@ -274,11 +275,33 @@ def test_a_topup_is_applied_even_when_redis_is_down(
 
 # --- group commit: events that arrive together, one statement (Reconciler.handle_events) ---
 
+# The receiver writes a batch in a worker thread (`handle_events`) or awaits it on its event
+# loop (`handle_events_async`, what `faxout webhooks serve` runs): both must say the same.
+WRITERS = pytest.mark.parametrize("writer", ["thread", "loop"])
 
+
+def handle_batch(
+    reconciler: Reconciler, events: list[FaxEvent], writer: str
+) -> list[EventResult | Exception]:
+    """The batch path the receiver takes with `writer`."""
+    if writer == "thread":
+        return reconciler.handle_events(events)
+
+    async def on_a_loop() -> list[EventResult | Exception]:
+        try:
+            return await reconciler.handle_events_async(events)
+        finally:
+            await reconciler.aclose()
+
+    return asyncio.run(on_a_loop())
+
+
+@WRITERS
 def test_a_batch_applies_each_event_as_it_would_alone(
     harness: Harness,  # noqa: F811
     engine: Engine,
     request: pytest.FixtureRequest,
+    writer: str,
 ) -> None:
     reconciler = Reconciler(engine, Alerter(harness.clock), harness.fleet, harness.clock)
     request.addfinalizer(reconciler.close)
@@ -292,7 +315,7 @@ def test_a_batch_applies_each_event_as_it_would_alone(
     topup = FaxEvent("evt_topup_b", "balance.topup", T0, data, {"event_id": "evt_topup_b"})
     low = FaxEvent("evt_low_b", "balance.low", T0, data, {"event_id": "evt_low_b"})
     batch = [delivered, sending, failed, failed, early, topup, low, sending]
-    assert reconciler.handle_events(batch) == [
+    assert handle_batch(reconciler, batch, writer) == [
         EventResult.APPLIED,
         EventResult.STALE,  # older news than the delivery just applied
         EventResult.APPLIED,
@@ -312,15 +335,17 @@ def test_a_batch_applies_each_event_as_it_would_alone(
         recorded = dict(conn.execute(select(fax_events.c.event_id, fax_events.c.outcome)).all())
     assert recorded[delivered.event_id] == "applied" and recorded[sending.event_id] == "stale"
     assert recorded[early.event_id] == "pending" and len(recorded) == 6
-    assert set(reconciler.handle_events(batch)) == {EventResult.DUPLICATE}
+    assert set(handle_batch(reconciler, batch, writer)) == {EventResult.DUPLICATE}
     # The early event waits for its row, and is applied the moment the id is stored.
     later = submitted(harness, "fax-later", ref="b-later")
     assert harness.row(later)["status"] == "delivered"
 
 
+@WRITERS
 def test_an_event_the_database_refuses_fails_alone_not_its_batch(
     harness: Harness,  # noqa: F811
     reconciler: Reconciler,
+    writer: str,
 ) -> None:
     # JSON accepts "\u0000" in a string; Postgres's jsonb refuses it. The verifier lets such a
     # signed body through, so the database is where it fails: that event's sender gets a 503
@@ -328,15 +353,17 @@ def test_an_event_the_database_refuses_fails_alone_not_its_batch(
     rows = [submitted(harness, f"fax-p{n}", ref=f"p{n}") for n in range(2)]
     good = [event("fax.delivered", f"fax-p{n}", T0) for n in range(2)]
     poison = event("fax.failed", "fax-p9", T0, error_message="nul \u0000 byte")
-    results = reconciler.handle_events([good[0], poison, good[1]])
+    results = handle_batch(reconciler, [good[0], poison, good[1]], writer)
     assert results[0] is EventResult.APPLIED and results[2] is EventResult.APPLIED
     assert isinstance(results[1], Exception)
     assert {harness.row(r)["status"] for r in rows} == {"delivered"}
 
 
+@WRITERS
 def test_concurrent_batches_about_the_same_faxes_never_deadlock(
     harness: Harness,  # noqa: F811
     reconciler: Reconciler,
+    writer: str,
 ) -> None:
     fax_ids = [f"fax-c{n}" for n in range(12)]
     rows = {submitted(harness, fax_id, ref=fax_id): fax_id for fax_id in fax_ids}
@@ -349,7 +376,7 @@ def test_concurrent_batches_about_the_same_faxes_never_deadlock(
 
     def run(batch: list[FaxEvent]) -> None:
         barrier.wait()
-        results.append(reconciler.handle_events(batch))
+        results.append(handle_batch(reconciler, batch, writer))
 
     threads = [threading.Thread(target=run, args=(b,)) for b in batches]
     for thread in threads:
