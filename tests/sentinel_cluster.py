@@ -16,7 +16,8 @@ import redis
 MASTER = "faxmaster"
 HOST = "127.0.0.1"
 # Each xdist worker its own ports: two failover tests at once on one set of ports elected,
-# killed and demoted each other's servers.
+# killed and demoted each other's servers. Servers from 6600: 6400-6419 belong to the outage
+# and chaos tests' own servers (at 6390 + 10 per worker, worker 1 once met one on 6400).
 _WORKER = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
 _OFFSET = 10 * (int(_WORKER[2:]) if _WORKER[2:].isdigit() else 0)
 
@@ -26,7 +27,7 @@ class SentinelCluster:
     """Handles on the processes; ports of the two servers and of the sentinels."""
 
     workdir: Path
-    server_ports: tuple[int, int] = (6390 + _OFFSET, 6391 + _OFFSET)
+    server_ports: tuple[int, int] = (6600 + _OFFSET, 6601 + _OFFSET)
     sentinel_ports: tuple[int, ...] = (26390 + _OFFSET, 26391 + _OFFSET, 26392 + _OFFSET)
     password: str | None = None  # the Redis servers' (requirepass / masterauth)
     sentinel_password: str | None = None  # the sentinels' own

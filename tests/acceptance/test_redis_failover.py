@@ -35,7 +35,7 @@ SENTINEL_PASSWORD = "sentinelPw4failover"
 
 @pytest.fixture
 def cluster(tmp_path: Path) -> Iterator[SentinelCluster]:
-    """Primary 6390, replica 6391, sentinels 26390-26392 (+10 per xdist worker); the two
+    """Primary 6600, replica 6601, sentinels 26390-26392 (+10 per xdist worker); the two
     secrets differ."""
     cluster = SentinelCluster(
         tmp_path / "sentinel", password=REDIS_PASSWORD, sentinel_password=SENTINEL_PASSWORD
