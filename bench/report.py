@@ -104,6 +104,24 @@ def _x(value: float) -> str:
     return f"{value:g}x"
 
 
+def _check(figure: str, ok: bool) -> Row:
+    """A yes/no figure without a baseline (an index used, the same rows read)."""
+    return Row(figure, None, "yes" if ok else "no", "", "yes", ok)
+
+
+def _rate_against_limit(figure: str, d: dict[str, Any]) -> Row:
+    """A throttle benchmark's achieved rate as a share of the limit it was given."""
+    limit = d["config"]["limit_per_minute"]
+    return Row(
+        figure,
+        round(d["achieved_pct_of_limit"] / 100, 4),
+        f"{d['achieved_per_minute']:,.1f}/min",
+        f"{limit:,}/min the limit",
+        f">= {d['target_min_pct'] / 100:g}x",
+        d["achieved_pct_of_limit"] >= d["target_min_pct"],
+    )
+
+
 def _enqueue(d: dict[str, Any]) -> tuple[list[Row], bool | None]:
     s, b = d["single"], d["bulk"]
     rows = [
@@ -180,16 +198,10 @@ def _latency(d: dict[str, Any]) -> tuple[list[Row], bool | None]:
 
 
 def _throttle(d: dict[str, Any]) -> tuple[list[Row], bool | None]:
-    limit = d["config"]["limit_per_minute"]
+    config = d["config"]
     rows = [
-        Row(
-            f"achieved rate, {d['config']['processes']} processes x "
-            f"{d['config']['threads']} threads",
-            round(d["achieved_pct_of_limit"] / 100, 4),
-            f"{d['achieved_per_minute']:,.1f}/min",
-            f"{limit:,}/min the limit",
-            f">= {d['target_min_pct'] / 100:g}x",
-            d["achieved_pct_of_limit"] >= d["target_min_pct"],
+        _rate_against_limit(
+            f"achieved rate, {config['processes']} processes x {config['threads']} threads", d
         )
     ]
     for w in d["windows"]:
@@ -209,13 +221,8 @@ def _throttle(d: dict[str, Any]) -> tuple[list[Row], bool | None]:
 def _throttle_accuracy(d: dict[str, Any]) -> tuple[list[Row], bool | None]:
     limit = d["config"]["limit_per_minute"]
     rows = [
-        Row(
-            f"fleet rate against the sandbox's limit, {d['config']['seconds']:g} s",
-            round(d["achieved_pct_of_limit"] / 100, 4),
-            f"{d['achieved_per_minute']:,.1f}/min",
-            f"{limit:,}/min the limit",
-            f">= {d['target_min_pct'] / 100:g}x",
-            d["achieved_pct_of_limit"] >= d["target_min_pct"],
+        _rate_against_limit(
+            f"fleet rate against the sandbox's limit, {d['config']['seconds']:g} s", d
         ),
         Row(
             "429 answers from the sandbox",
@@ -253,14 +260,7 @@ def _claim(d: dict[str, Any]) -> tuple[list[Row], bool | None]:
             f"<= {d['target_p50_ms']:g} ms",
             m["big"]["p50_ms"] <= d["target_p50_ms"],
         ),
-        Row(
-            "dispatch reads fax_outbox_due_idx",
-            None,
-            "yes" if d["uses_due_index"] else "no",
-            "",
-            "yes",
-            bool(d["uses_due_index"]),
-        ),
+        _check("dispatch reads fax_outbox_due_idx", bool(d["uses_due_index"])),
     ]
     return rows, bool(d["met"])
 
@@ -315,17 +315,8 @@ def _poll_select(d: dict[str, Any]) -> tuple[list[Row], bool | None]:
                 m["ratio_per_row"] <= d["target_ratio"],
             )
         )
-    checks = d["same_rows_every_round"] and d["uses_poll_index"]
-    rows.append(
-        Row(
-            "same rows every round, fax_outbox_poll_due_idx used",
-            None,
-            "yes" if checks else "no",
-            "",
-            "yes",
-            bool(checks),
-        )
-    )
+    checks = bool(d["same_rows_every_round"] and d["uses_poll_index"])
+    rows.append(_check("same rows every round, fax_outbox_poll_due_idx used", checks))
     return rows, bool(d["met"])
 
 
@@ -617,13 +608,76 @@ def run_all(
         for name in chosen:
             bench_args = script_args(name, quick, bench_dir)
             progress.start(name, bench_args)
+            settled = settle()
             runs[name] = run_one(
                 name, bench_args, timeout, progress, bench_dir=bench_dir, results_dir=results_dir
             )
+            runs[name]["settled"] = settled
             # Saved at once, so a report written after an interrupted run still knows it.
             (results_dir / RUNS).write_text(json.dumps(runs, indent=2) + "\n", encoding="utf-8")
             progress.done(read_outcome(name, results_dir, runs[name]))
     return runs
+
+
+def settle(
+    *,
+    quiet_idle: float = 0.85,
+    quiet_seconds: int = 3,
+    most_seconds: float = 90,
+    monotonic: Callable[[], float] = time.monotonic,
+) -> dict[str, Any]:
+    """Before a benchmark: ask Postgres for a checkpoint (the previous benchmark's writes are
+    flushed now, not in the middle of this one) and wait, at most `most_seconds`, until the
+    machine has been at least `quiet_idle` idle for `quiet_seconds` seconds in a row (its
+    autovacuum, dropped databases, exiting processes). A full run once had the webhook
+    benchmark's bare endpoint at 2,650-4,191 requests/s right after the claim benchmark, and
+    5,000 on a quiet machine. Returns what it saw, for runs.json."""
+    started = monotonic()
+    checkpoint = "skipped (no DATABASE_URL)"
+    url = os.environ.get("DATABASE_URL")
+    if url:
+        try:
+            import psycopg
+
+            plain = url.replace("postgresql+psycopg://", "postgresql://", 1)
+            with psycopg.connect(plain, autocommit=True, connect_timeout=5) as conn:
+                conn.execute("CHECKPOINT")
+            checkpoint = "done"
+        except Exception as exc:  # a benchmark still runs on a machine that is not quiet
+            checkpoint = f"failed: {type(exc).__name__}"
+    quiet_in_a_row, idle = 0, None
+    while quiet_in_a_row < quiet_seconds and monotonic() - started < most_seconds:
+        idle = _idle_share(1.0)
+        if idle is None:  # not Linux: nothing to read
+            break
+        quiet_in_a_row = quiet_in_a_row + 1 if idle >= quiet_idle else 0
+    return {
+        "checkpoint": checkpoint,
+        "seconds": round(monotonic() - started, 1),
+        "quiet": quiet_in_a_row >= quiet_seconds,
+        "last_idle_share": None if idle is None else round(idle, 3),
+    }
+
+
+def _idle_share(seconds: float) -> float | None:
+    """The share of all CPUs' time spent idle over the next `seconds` (/proc/stat)."""
+
+    def times() -> list[int] | None:
+        try:
+            with open("/proc/stat", encoding="ascii") as stat:
+                return [int(v) for v in stat.readline().split()[1:]]
+        except (OSError, ValueError):
+            return None
+
+    before = times()
+    time.sleep(seconds)
+    after = times()
+    if before is None or after is None:
+        return None
+    spent = [b - a for a, b in zip(before, after, strict=False)]
+    total = sum(spent)
+    # idle and iowait (fields 4 and 5 of /proc/stat's cpu line)
+    return (spent[3] + spent[4]) / total if total > 0 else None
 
 
 def run_one(

@@ -310,3 +310,35 @@ def test_the_commit_stated_is_the_one_the_results_were_measured_at() -> None:
     markdown = report.render(mixed, machine=MACHINE, commit=report.commit_of(mixed), generated=WHEN)
     assert "at `bbb2222`._" in markdown
     assert "at `aaa1111`._" in markdown
+
+
+# --- settling between benchmarks ---------------------------------------------------------------
+
+
+def test_settle_waits_for_quiet_seconds_in_a_row(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A busy second breaks the run of quiet ones: three in a row are needed after it.
+    shares = iter([0.99, 0.4, 0.9, 0.95, 0.97, 0.2])
+    seen: list[float] = []
+
+    def idle(seconds: float) -> float:
+        seen.append(next(shares))
+        return seen[-1]
+
+    monkeypatch.delenv("DATABASE_URL", raising=False)
+    monkeypatch.setattr(report, "_idle_share", idle)
+    settled = report.settle(quiet_seconds=3, most_seconds=60)
+    assert settled["quiet"] is True and settled["checkpoint"].startswith("skipped")
+    assert seen == [0.99, 0.4, 0.9, 0.95, 0.97]
+
+
+def test_settle_gives_up_on_a_machine_that_stays_busy(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("DATABASE_URL", raising=False)
+    monkeypatch.setattr(report, "_idle_share", lambda seconds: 0.3)
+    clock = iter(range(0, 1000, 10))  # each reading 10 s later than the last
+    settled = report.settle(most_seconds=45, monotonic=lambda: float(next(clock)))
+    assert settled["quiet"] is False and settled["last_idle_share"] == 0.3
+
+
+def test_idle_share_reads_this_machines_cpu_time() -> None:
+    share = report._idle_share(0.2)
+    assert share is not None and 0.0 <= share <= 1.0
