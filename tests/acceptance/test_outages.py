@@ -5,13 +5,9 @@ of the test's own, so that restarting them disturbs nobody else. The lease is pr
 
 from __future__ import annotations
 
-import contextlib
-import socket
-import subprocess
 import tempfile
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -22,6 +18,7 @@ from outbox.db import make_engine
 from tests import pg_cluster
 from tests.acceptance.fleet import Fleet, fleet_env, log_dir
 from tests.pg_cluster import PgCluster
+from tests.servers import RedisServer, free_port
 from workers.single_host.stack import Stack
 
 pytestmark = [
@@ -36,20 +33,9 @@ REDIS_PORTS = range(6400, 6410)
 RESUME_WITHIN = 10.0
 
 
-def _free_port(candidates: range) -> int:
-    for port in candidates:
-        with (
-            socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock,
-            contextlib.suppress(OSError),
-        ):
-            sock.bind(("127.0.0.1", port))
-            return port
-    raise AssertionError(f"no free port in {candidates}")
-
-
 @pytest.fixture
 def own_postgres() -> Iterator[PgCluster]:
-    cluster = PgCluster(Path(tempfile.mkdtemp(prefix="faxout-pg-")), _free_port(PG_PORTS))
+    cluster = PgCluster(Path(tempfile.mkdtemp(prefix="faxout-pg-")), free_port(PG_PORTS))
     cluster.init()
     try:
         yield cluster
@@ -57,44 +43,9 @@ def own_postgres() -> Iterator[PgCluster]:
         cluster.destroy()
 
 
-@dataclass
-class RedisServer:
-    """A redis-server of the test's own, stopped and started again by the test."""
-
-    workdir: Path
-    port: int
-    process: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> None:
-        self.process = subprocess.Popen(
-            [
-                *("redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", ""),
-                *("--appendonly", "no", "--dir", str(self.workdir)),
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            with contextlib.suppress(OSError):
-                socket.create_connection(("127.0.0.1", self.port), 0.2).close()
-                return
-            time.sleep(0.02)
-        raise AssertionError("redis-server did not start")
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            self.process.wait(10)
-
-
 @pytest.fixture
 def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
-    server = RedisServer(tmp_path, _free_port(REDIS_PORTS))
+    server = RedisServer(tmp_path, free_port(REDIS_PORTS))
     server.start()
     try:
         yield server

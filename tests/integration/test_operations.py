@@ -6,7 +6,7 @@ action against a worker's claim and against another action."""
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from typing import Any
@@ -19,38 +19,14 @@ from outbox.errors import OperationRefused, ValidationFailed
 from outbox.fax_client import MintfaxClient
 from outbox.models import FaxStatus
 from outbox.submit import Outcome
+from tests.integration import parked
+from tests.integration.parked import park_with_unknown_outcome
 from tests.integration.test_submit import Harness, harness  # noqa: F401
 from tests.sandbox_fixtures import SandboxHandle
 
+mintfax = parked.mintfax  # the fixture, for this module's tests
+
 ALICE = "alice"
-
-
-@pytest.fixture
-def mintfax(harness: Harness, sandbox: SandboxHandle) -> Iterator[MintfaxClient]:  # noqa: F811
-    client = MintfaxClient(sandbox.base_url, lambda: harness.ctx.api_key(), timeout=5)
-    harness.ctx.sender = client
-    yield client
-    client.close()
-
-
-def park_with_unknown_outcome(
-    harness: Harness,  # noqa: F811
-    sandbox: SandboxHandle,
-    first: dict[str, float],
-    ref: str = "r1",
-) -> int:
-    """A row parked in needs_review after attempts of unknown outcome: the first under the
-    faults `first`, the rest in an outage (503 before anything is created)."""
-    row = harness.enqueue(ref=ref)
-    for attempt in range(harness.ctx.policy.max_attempts):
-        sandbox.set_faults(**(first if attempt == 0 else {"error_503": 1.0}))
-        harness.dispatch()
-        harness.submit(row)
-        harness.make_due()
-    sandbox.set_faults()
-    state = harness.row(row)
-    assert (state["status"], state["status_reason"]) == ("needs_review", "unknown_outcome")
-    return row
 
 
 def act(engine: Engine, action: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:

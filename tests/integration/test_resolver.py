@@ -18,16 +18,12 @@ from outbox.reconcile import Reconciler, observation_from_resource
 from outbox.resolver import UnknownOutcomeResolver
 from outbox.submit import Outcome
 from outbox.throttle import FleetThrottle
+from tests.integration import parked
+from tests.integration.parked import park_with_unknown_outcome
 from tests.integration.test_submit import Harness, harness  # noqa: F401
 from tests.sandbox_fixtures import SandboxHandle
 
-
-@pytest.fixture
-def mintfax(harness: Harness, sandbox: SandboxHandle) -> Iterator[MintfaxClient]:  # noqa: F811
-    client = MintfaxClient(sandbox.base_url, lambda: harness.ctx.api_key(), timeout=5)
-    harness.ctx.sender = client
-    yield client
-    client.close()
+mintfax = parked.mintfax  # the fixture, for this module's tests
 
 
 @pytest.fixture
@@ -48,25 +44,6 @@ def resolver(
         sends_horizon=0,
     )
     client.close()
-
-
-def park_with_unknown_outcome(
-    harness: Harness,  # noqa: F811
-    sandbox: SandboxHandle,
-    first: dict[str, float],
-) -> int:
-    """A row whose five attempts all ended without a known outcome: the first under the
-    faults `first`, the others in an outage (503 before anything is created)."""
-    row = harness.enqueue()
-    for attempt in range(harness.ctx.policy.max_attempts):
-        sandbox.set_faults(**(first if attempt == 0 else {"error_503": 1.0}))
-        harness.dispatch()
-        harness.submit(row)
-        harness.make_due()
-    sandbox.set_faults(error_503=0.0)
-    state = harness.row(row)
-    assert (state["status"], state["status_reason"]) == ("needs_review", "unknown_outcome")
-    return row
 
 
 def test_a_fax_created_by_a_dropped_answer_is_found_and_closed(
