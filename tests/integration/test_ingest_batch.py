@@ -29,7 +29,7 @@ from outbox.db import make_engine
 from outbox.events import FaxEvent, FaxObservation
 from outbox.reconcile import _observation
 from outbox.settings import libpq_url
-from outbox.submit import Outcome
+from tests.integration.test_reconcile import submitted
 from tests.integration.test_submit import Harness, accepted, harness  # noqa: F401
 from workers.single_host.embedded import ServiceURLs
 
@@ -414,15 +414,6 @@ def test_a_stream_in_batches_ends_exactly_as_one_event_at_a_time(
 
 
 # --- 2. focused cases ----------------------------------------------------------------------------
-
-
-def submitted(harness: Harness, fax_id: str, ref: str) -> int:  # noqa: F811
-    """A row accepted by mintfax as `fax_id`, through the real submit path."""
-    row = harness.enqueue(ref=ref)
-    harness.sender.script = [accepted(fax_id)]
-    harness.dispatch()
-    assert harness.submit(row) is Outcome.SUBMITTED
-    return row
 
 
 def test_a_pending_event_from_a_batch_is_applied_when_its_fax_id_is_stored(

@@ -5,25 +5,18 @@ being tried, in codes only."""
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
 
-import pytest
 import redis
 
 from outbox.fax_client import MintfaxClient
 from outbox.models import Outcome
 from outbox.submit import describe_reports, submit_reports
 from outbox.throttle import FleetThrottle
+from tests.integration import parked
 from tests.integration.test_submit import Harness, harness  # noqa: F401
 from tests.sandbox_fixtures import SandboxHandle
 
-
-@pytest.fixture
-def mintfax(harness: Harness, sandbox: SandboxHandle) -> Iterator[MintfaxClient]:  # noqa: F811
-    client = MintfaxClient(sandbox.base_url, lambda: harness.ctx.api_key(), timeout=5)
-    harness.ctx.sender = client
-    yield client
-    client.close()
+mintfax = parked.mintfax  # the fixture, for this module's tests
 
 
 def test_one_message_tells_each_fax_in_order(
