@@ -7,6 +7,11 @@ recent readings only). When `available` drops below `FAXOUT_LOW_BALANCE_CENTS` a
 when `available` is back at `FAXOUT_RESUME_BALANCE_CENTS` or more (or at the low mark, if that
 is higher): a balance wobbling around the low mark is one episode, not one alert per wobble.
 
+mintfax's own `balance.low` and `balance.topup` webhooks move the same episode
+(`open_episode_from_event`, `close_episode_from_event`): whichever signal comes first opens it
+and raises its one alert (same key), the other finds it open; a top-up closes it. Before, the
+two kept episodes of their own, and one low balance could raise two alerts.
+
 A fleet pause for `insufficient_balance` (a 402) is lifted automatically once `available` is at
 or above `FAXOUT_RESUME_BALANCE_CENTS`: `FleetControl.resume` ends it and makes the waiting
 rows due. The resume cannot burst past the rate limit: every send, resumed or not, takes a
@@ -18,10 +23,12 @@ balance must be read; when no token is free the pass is skipped, not waited for.
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Protocol
+from datetime import datetime
+from typing import Any, Protocol
 
-from sqlalchemy import Engine
+from sqlalchemy import Connection, Engine
 
 from outbox import repository
 from outbox.alerts import Alert, Alerter
@@ -142,7 +149,7 @@ class BalanceWatch:
         assert snapshot.low_since is not None
         return Alert(
             kind="balance_low",
-            dedupe_key=f"balance_low:{snapshot.low_since.isoformat()}",
+            dedupe_key=episode_alert_key(snapshot),
             severity="warning",
             message=(
                 f"mintfax balance is low: {snapshot.available} cents available "
@@ -156,3 +163,58 @@ class BalanceWatch:
                 "episode_started_at": snapshot.low_since.isoformat(),
             },
         )
+
+
+def episode_alert_key(opened: BalanceSnapshot) -> str:
+    """The dedupe key of a low-balance episode's one alert, whichever signal opened it."""
+    assert opened.low_since is not None
+    return f"balance_low:{opened.low_since.isoformat()}"
+
+
+def open_episode_from_event(
+    conn: Connection, *, now: datetime | None, data: Mapping[str, Any]
+) -> BalanceSnapshot | None:
+    """mintfax's `balance.low` (its `data`: available, held), in the caller's transaction: a
+    low-balance episode starts, unless one is open already (the watch's, or an earlier
+    event's: mintfax repeats `balance.low` while the balance hovers). Returns the reading
+    that opened it, to alert once (`episode_alert_key`); None when it was open."""
+    repository.lock_balance_watch(conn)
+    previous = repository.latest_balance_snapshot(conn)
+    if previous is not None and previous.low_since is not None:
+        return None
+    return repository.record_balance_snapshot(
+        conn,
+        now=now,
+        available=_cents(data.get("available"), previous.available if previous else 0),
+        held=_cents(data.get("held"), previous.held if previous else 0),
+        low_since=None,
+        start_episode=True,
+        keep_seconds=BalanceWatch.keep_seconds,
+    )
+
+
+def close_episode_from_event(
+    conn: Connection, *, now: datetime | None, data: Mapping[str, Any]
+) -> bool:
+    """mintfax's applied `balance.topup`, in the caller's transaction: the open low-balance
+    episode ends (the top-up answers it; should the balance still be low, the watch's next
+    reading opens a new one). True if one was open; nothing is written otherwise."""
+    repository.lock_balance_watch(conn)
+    previous = repository.latest_balance_snapshot(conn)
+    if previous is None or previous.low_since is None:
+        return False
+    repository.record_balance_snapshot(
+        conn,
+        now=now,
+        available=_cents(data.get("available"), previous.available),
+        held=_cents(data.get("held"), previous.held),
+        low_since=None,
+        start_episode=False,
+        keep_seconds=BalanceWatch.keep_seconds,
+    )
+    return True
+
+
+def _cents(value: object, otherwise: int) -> int:
+    # An event without the figure (generation A documents none) keeps the last reading's.
+    return value if isinstance(value, int) and not isinstance(value, bool) else otherwise

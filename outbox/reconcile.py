@@ -30,13 +30,19 @@ from sqlalchemy import Connection, Engine
 
 from outbox import repository
 from outbox.alerts import Alert, Alerter
-from outbox.clock import Clock
+from outbox.balance_watch import (
+    close_episode_from_event,
+    episode_alert_key,
+    open_episode_from_event,
+)
+from outbox.clock import Clock, sql_now
 from outbox.db import AsyncConnections
 from outbox.errors import DatabaseUnavailable, FleetStateUnavailable
 from outbox.events import FAX_EVENTS, FaxEvent, FaxObservation
 from outbox.models import PauseReason
 from outbox.outage import DATABASE, OutageLog, as_database_unavailable, connection_lost
 from outbox.pause import FleetControl
+from outbox.repository import BalanceSnapshot
 
 log = logging.getLogger("faxout.reconcile")
 
@@ -112,15 +118,21 @@ class Reconciler:
             with self._fast_engine.connect() as conn:
                 result = EventResult(repository.ingest_event(conn, event, _observation(event)))
             if result is EventResult.APPLIED and event.event_type == "balance.topup":
-                self._end_balance_pause()
+                self._after_topup(event)
             return result
-        # balance.low: the event and its alert (one per episode) in one transaction.
+        # balance.low: the event, the episode it opens (unless one is open: the watch's, or an
+        # earlier event's) and its one alert, in one transaction.
         with self._engine.begin() as conn:
             result = EventResult(repository.ingest_event(conn, event, None))
-            alert_id = (
-                self._alerter.record(conn, _low_balance_alert(conn, event))
+            opened = (
+                open_episode_from_event(conn, now=sql_now(self._clock), data=event.data)
                 if result is EventResult.APPLIED
                 else None
+            )
+            alert_id = (
+                None
+                if opened is None
+                else self._alerter.record(conn, _low_balance_alert(event, opened))
             )
         if alert_id is not None:
             # After the answer, not before: mintfax waits at most 5 s for it, and an alert
@@ -169,7 +181,11 @@ class Reconciler:
             unavailable = self._batch_failed(exc, len(together))
             if unavailable is not None:
                 return [unavailable for _ in events]
-        if outcomes is not None and len(together) == len(events) and not _tops_up(events, outcomes):
+        if (
+            outcomes is not None
+            and len(together) == len(events)
+            and not _applied_topups(events, outcomes)
+        ):
             self.outages.back(DATABASE)
             return [EventResult(outcome) for outcome in outcomes]
         return await asyncio.to_thread(self._finish_batch, events, together, outcomes)
@@ -231,8 +247,8 @@ class Reconciler:
             self.outages.back(DATABASE)
             for i, outcome in zip(together, outcomes, strict=True):
                 results[i] = EventResult(outcome)
-            if _tops_up([events[i] for i in together], outcomes):
-                self._end_balance_pause()
+            for topup in _applied_topups([events[i] for i in together], outcomes):
+                self._after_topup(topup)
         done: list[EventResult | Exception] = []
         for event, result in zip(events, results, strict=True):
             if result is None:  # balance.low, or the batch failed
@@ -246,6 +262,22 @@ class Reconciler:
     def close(self) -> None:
         """Wait for alert deliveries still under way (at process or test end)."""
         self._deliveries.shutdown(wait=True)
+
+    def _after_topup(self, event: FaxEvent) -> None:
+        """An applied `balance.topup`: the low-balance episode ends, and the fleet's balance
+        pause. Neither undoes the event's record: a failure is logged, and the balance watch
+        ends both once it reads the balance back up."""
+        try:
+            with self._engine.begin() as conn:
+                close_episode_from_event(conn, now=sql_now(self._clock), data=event.data)
+        except Exception as exc:
+            log.warning(
+                "balance topped up; the low-balance episode stays open until the balance "
+                "watch reads the balance back up: %s",
+                type(exc).__name__,
+                extra={"action": "balance.topup_episode_open"},
+            )
+        self._end_balance_pause()
 
     def _end_balance_pause(self) -> None:
         if self._fleet is None:
@@ -285,12 +317,14 @@ def _batchable(events: Sequence[FaxEvent]) -> list[int]:
     return [i for i, event in enumerate(events) if event.event_type != "balance.low"]
 
 
-def _tops_up(events: Sequence[FaxEvent], outcomes: Sequence[str]) -> bool:
-    """Whether a `balance.topup` among `events` was applied (the fleet's pause then ends)."""
-    return any(
-        outcome == EventResult.APPLIED and event.event_type == "balance.topup"
+def _applied_topups(events: Sequence[FaxEvent], outcomes: Sequence[str]) -> list[FaxEvent]:
+    """The `balance.topup` events among `events` that were applied (each ends the low-balance
+    episode and the fleet's balance pause)."""
+    return [
+        event
         for event, outcome in zip(events, outcomes, strict=True)
-    )
+        if outcome == EventResult.APPLIED and event.event_type == "balance.topup"
+    ]
 
 
 def _observation(event: FaxEvent) -> FaxObservation | None:
@@ -300,13 +334,12 @@ def _observation(event: FaxEvent) -> FaxObservation | None:
     return observation_from_resource(event.data, event.occurred_at)
 
 
-def _low_balance_alert(conn: Connection, event: FaxEvent) -> Alert:
-    # One alert per episode: an episode runs from one top-up to the next.
-    episode = repository.latest_event_id(conn, "balance.topup") or "start"
+def _low_balance_alert(event: FaxEvent, opened: BalanceSnapshot) -> Alert:
+    # The episode's one alert, under the key the balance watch would give it.
     available = event.data.get("available")
     return Alert(
         kind="balance_low",
-        dedupe_key=f"balance_low:after:{episode}",
+        dedupe_key=episode_alert_key(opened),
         message=(
             f"mintfax balance is low ({available} cents available): top up before it runs out "
             "(a 402 would pause the fleet)"

@@ -37,7 +37,7 @@ from sqlalchemy.dialects.postgresql import JSONB, insert
 from sqlalchemy.sql.dml import ReturningInsert
 
 from outbox.events import FaxEvent, FaxObservation
-from outbox.models import FaxStatus, alerts, fax_attempts, fax_events, fax_outbox, fleet_pauses
+from outbox.models import FaxStatus, alerts, fax_attempts, fax_outbox, fleet_pauses
 
 _PSYCOPG_DIALECT = postgresql.psycopg.dialect()  # type: ignore[no-untyped-call]
 
@@ -1962,18 +1962,6 @@ def apply_observation(conn: Connection, observation: FaxObservation) -> str:
             },
         ).scalar_one()
     )
-
-
-def latest_event_id(conn: Connection, event_type: str) -> str | None:
-    """The id of the newest recorded event of `event_type`."""
-    e = fax_events.c
-    found: str | None = conn.execute(
-        select(e.event_id)
-        .where(e.event_type == event_type)
-        .order_by(e.occurred_at.desc(), e.id.desc())
-        .limit(1)
-    ).scalar_one_or_none()
-    return found
 
 
 def _observation_json(observation: FaxObservation) -> dict[str, Any]:

@@ -5,6 +5,7 @@ a resume that cannot burst past the fleet throttle.
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -17,9 +18,11 @@ from sqlalchemy import Engine, func, select
 from outbox.alerts import Alerter
 from outbox.balance_watch import RESUMED_BY, BalanceWatch
 from outbox.clock import FrozenClock
+from outbox.events import FaxEvent
 from outbox.fax_client import MintfaxClient
 from outbox.models import PauseReason, alerts, balance_snapshots, fleet_pauses
 from outbox.pause import FleetControl, PauseMirror
+from outbox.reconcile import EventResult, Reconciler
 from outbox.throttle import FleetThrottle
 from tests.sandbox_fixtures import SandboxHandle
 
@@ -92,6 +95,63 @@ def test_one_alert_per_low_balance_episode(harness: Harness) -> None:
     assert all(key.startswith("balance_low:") for key in keys)
     with harness.engine.connect() as conn:
         assert conn.execute(select(func.count()).select_from(balance_snapshots)).scalar_one() == 9
+
+
+def _webhooks(harness: Harness) -> Reconciler:
+    """mintfax's balance webhooks, applied as the receiver applies them, on the watch's clock."""
+    return Reconciler(harness.engine, Alerter(harness.clock, None), None, harness.clock)
+
+
+def _event(kind: str, available: int) -> FaxEvent:
+    data = {"available": available, "held": 0, "currency": "USD"}
+    eid = f"evt_{uuid.uuid4().hex}"
+    return FaxEvent(eid, kind, datetime.now(UTC), data, {"event_id": eid, "data": data})
+
+
+def test_the_watch_and_mintfaxs_balance_low_share_one_episode_and_one_alert(
+    harness: Harness,
+) -> None:
+    # mintfax's balance.low and the watch's own low mark are two signals of one low balance:
+    # whichever comes first raises the episode's alert, the other finds it open.
+    webhooks = _webhooks(harness)
+    try:
+        harness.sandbox.set_balance(300)
+        harness.check()  # the watch first
+        assert webhooks.handle_event(_event("balance.low", 300)) is EventResult.APPLIED
+        harness.check()
+        assert len(harness.low_alerts()) == 1
+
+        # A top-up closes the episode; still below the low mark, the watch opens a new one.
+        harness.sandbox.set_balance(400)
+        webhooks.handle_event(_event("balance.topup", 400))
+        harness.check()
+        assert len(harness.low_alerts()) == 2
+
+        # Back up: the watch ends that one; then mintfax's balance.low comes first.
+        harness.sandbox.set_balance(None, top_up=10_000)
+        harness.check()
+        harness.clock.advance(60)
+        webhooks.handle_event(_event("balance.low", 200))
+        harness.sandbox.set_balance(200)
+        harness.check()
+        webhooks.handle_event(_event("balance.low", 150))  # repeated while it hovers
+        keys = harness.low_alerts()
+        assert len(keys) == 3 and len(set(keys)) == 3
+    finally:
+        webhooks.close()
+
+
+def test_a_topup_with_no_episode_open_writes_no_reading(harness: Harness) -> None:
+    webhooks = _webhooks(harness)
+    try:
+        harness.sandbox.set_balance(5_000)
+        harness.check()
+        webhooks.handle_event(_event("balance.topup", 99_999))
+        with harness.engine.connect() as conn:
+            readings = conn.execute(select(balance_snapshots.c.available)).scalars().all()
+        assert readings == [5_000]  # only mintfax's answer to the watch: no figure made up
+    finally:
+        webhooks.close()
 
 
 def test_a_balance_pause_is_lifted_when_the_balance_is_topped_up(harness: Harness) -> None:

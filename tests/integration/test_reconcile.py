@@ -156,20 +156,26 @@ def test_the_race_between_webhook_and_worker_never_loses_the_event(
     assert [harness.row(r)["status"] for r in rows] == ["delivered"] * len(rows)
 
 
+def balance_event(kind: str, at: datetime, available: int = 100) -> FaxEvent:
+    data = {"available": available, "held": 0, "currency": "USD"}
+    eid = f"evt_{uuid.uuid4().hex}"
+    return FaxEvent(eid, kind, at, data, {"event_id": eid, "event": kind, "data": data})
+
+
 def test_balance_low_alerts_once_per_episode(
     engine: Engine,
-    reconciler: Reconciler,
     harness: Harness,  # noqa: F811
+    request: pytest.FixtureRequest,
 ) -> None:
-    def balance(kind: str, at: datetime) -> FaxEvent:
-        data = {"available": 100, "held": 0, "currency": "USD"}
-        eid = f"evt_{uuid.uuid4().hex}"
-        return FaxEvent(eid, kind, at, data, {"event_id": eid, "event": kind, "data": data})
-
+    clock = FrozenClock(T0)
+    reconciler = Reconciler(engine, Alerter(clock), None, clock)
+    request.addfinalizer(reconciler.close)
     for minute in range(3):  # mintfax may repeat balance.low while it hovers
-        reconciler.handle_event(balance("balance.low", T0 + timedelta(minutes=minute)))
-    reconciler.handle_event(balance("balance.topup", T0 + timedelta(minutes=5)))
-    reconciler.handle_event(balance("balance.low", T0 + timedelta(minutes=9)))
+        reconciler.handle_event(balance_event("balance.low", T0 + timedelta(minutes=minute)))
+        clock.advance(60)
+    reconciler.handle_event(balance_event("balance.topup", T0 + timedelta(minutes=5), 9000))
+    clock.advance(240)
+    reconciler.handle_event(balance_event("balance.low", T0 + timedelta(minutes=9)))
     assert [a["kind"] for a in harness.alerts()] == ["balance_low", "balance_low"]
 
 
