@@ -378,7 +378,15 @@ def check_webhook_signature(
     each configured secret exactly as mintfax signs is answered 2xx, and the same event signed
     with a wrong secret, or 10 minutes ago, is answered 401."""
     name = "webhook_signature"
-    configured = [s for s in settings.mintfax_webhook_secrets if s.get_secret_value()]
+    try:
+        configured = [s for s in settings.webhook_secrets() if s.get_secret_value()]
+    except ConfigurationError as exc:
+        return failed(
+            name,
+            str(exc),
+            "make MINTFAX_WEBHOOK_SECRET_FILE readable by the receiver's user, or set "
+            "MINTFAX_WEBHOOK_SECRET instead",
+        )
     if not configured:
         return failed(
             name,
@@ -780,6 +788,8 @@ class Preflight:
         """Every secret value the settings hold, to be masked out of any result."""
         s = self.settings
         found = [secret.get_secret_value() for secret in s.mintfax_webhook_secrets]
+        with contextlib.suppress(ConfigurationError):
+            found += [secret.get_secret_value() for secret in s.webhook_secrets()]
         with contextlib.suppress(ConfigurationError):
             found.append(s.api_key().get_secret_value())
         for url in (s.database_url, s.redis_url, s.flower_url, s.webhook_self_test_url):

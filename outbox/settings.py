@@ -98,6 +98,10 @@ class Settings(BaseSettings):
         default=(),
         validation_alias=AliasChoices("MINTFAX_WEBHOOK_SECRET", "MINTFAX_WEBHOOK_SECRETS"),
     )
+    # Or from a file (a secrets mount), read again when it changes: a rotation needs no restart.
+    mintfax_webhook_secret_file: Path | None = Field(
+        default=None, validation_alias="MINTFAX_WEBHOOK_SECRET_FILE"
+    )
 
     environment: Environment = Field(default="sandbox", validation_alias="FAXOUT_ENVIRONMENT")
     rate_limit_per_minute: int = Field(
@@ -227,7 +231,7 @@ class Settings(BaseSettings):
     @classmethod
     def _split_secrets(cls, value: Any) -> Any:
         if isinstance(value, str):
-            return tuple(part for part in value.replace(",", " ").split() if part)
+            return _split_secrets(value)
         return value
 
     @model_validator(mode="after")
@@ -302,6 +306,8 @@ class Settings(BaseSettings):
     def _one_source_for_the_key(self) -> Settings:
         if self.mintfax_api_key is not None and self.mintfax_api_key_file is not None:
             raise ValueError("set MINTFAX_API_KEY or MINTFAX_API_KEY_FILE, not both")
+        if self.mintfax_webhook_secrets and self.mintfax_webhook_secret_file is not None:
+            raise ValueError("set MINTFAX_WEBHOOK_SECRET or MINTFAX_WEBHOOK_SECRET_FILE, not both")
         return self
 
     def __repr_args__(self) -> Iterator[tuple[str | None, Any]]:
@@ -356,19 +362,25 @@ class Settings(BaseSettings):
         manager) is picked up without a restart; it is read again only when it changed.
         """
         if self.mintfax_api_key_file is not None:
-            path = self.mintfax_api_key_file
-            try:
-                info = path.stat()
-                _warn_if_readable_by_others(path, stat.S_IMODE(info.st_mode))
-                text = _read_key_file(path, info.st_mtime_ns, info.st_size, info.st_ino)
-            except OSError as exc:
-                raise ConfigurationError(
-                    "MINTFAX_API_KEY_FILE", f"cannot be read ({exc.strerror})"
-                ) from None
+            text = _read_secret_file(self.mintfax_api_key_file, "MINTFAX_API_KEY_FILE")
             return SecretStr(_clean_api_key(text, "MINTFAX_API_KEY_FILE"))
         if self.mintfax_api_key is None:
             raise ConfigurationError("MINTFAX_API_KEY", "is not set (nor MINTFAX_API_KEY_FILE)")
         return self.mintfax_api_key
+
+    def webhook_secrets(self) -> tuple[SecretStr, ...]:
+        """The webhook signing secrets, from `MINTFAX_WEBHOOK_SECRET` or read from
+        `MINTFAX_WEBHOOK_SECRET_FILE` (comma or whitespace separated, as in the variable).
+
+        The file is looked at on every call, like the API key's, so a rotation (`new,old`,
+        then `new`) reaches a running receiver without a restart; it is read again only when
+        it changed. Raises `ConfigurationError` when the file cannot be read.
+        """
+        path = self.mintfax_webhook_secret_file
+        if path is None:
+            return self.mintfax_webhook_secrets
+        text = _read_secret_file(path, "MINTFAX_WEBHOOK_SECRET_FILE")
+        return tuple(SecretStr(part) for part in _split_secrets(text))
 
     def admin_credentials(self) -> tuple[str, SecretStr] | None:
         """The admin server's basic-auth user and password; None when neither is set.
@@ -425,22 +437,38 @@ def log_settings_from_env(
     return settings.log_format, settings.log_level
 
 
-def _warn_if_readable_by_others(path: Path, mode: int) -> None:
+def _warn_if_readable_by_others(path: Path, mode: int, variable: str) -> None:
     if mode & (stat.S_IRGRP | stat.S_IROTH):
-        _warn_key_file_mode(path, mode)
+        _warn_key_file_mode(path, mode, variable)
 
 
 @functools.cache
-def _warn_key_file_mode(path: Path, mode: int) -> None:
-    # Once per file and mode: the file is looked at before every fax. Names the file, never
-    # what it holds.
+def _warn_key_file_mode(path: Path, mode: int, variable: str) -> None:
+    # Once per file and mode: the file is looked at before every fax (or webhook). Names the
+    # file, never what it holds.
     log.warning(
-        "MINTFAX_API_KEY_FILE %s is readable by group or others (mode %s); "
-        "the API key should be readable by its owner only (chmod 600)",
+        "%s %s is readable by group or others (mode %s); "
+        "a secret's file should be readable by its owner only (chmod 600)",
+        variable,
         path,
         oct(mode),
         extra={"action": "settings.key_file_mode"},
     )
+
+
+def _split_secrets(text: str) -> tuple[str, ...]:
+    return tuple(part for part in text.replace(",", " ").split() if part)
+
+
+def _read_secret_file(path: Path, variable: str) -> str:
+    """What the file `variable` names holds, read again only when the file changed; a
+    `ConfigurationError` naming the variable (never the content) when it cannot be read."""
+    try:
+        info = path.stat()
+        _warn_if_readable_by_others(path, stat.S_IMODE(info.st_mode), variable)
+        return _read_key_file(path, info.st_mtime_ns, info.st_size, info.st_ino)
+    except OSError as exc:
+        raise ConfigurationError(variable, f"cannot be read ({exc.strerror})") from None
 
 
 @functools.lru_cache(maxsize=4)

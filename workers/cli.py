@@ -861,26 +861,31 @@ def webhooks_serve(
     settings = load_settings()
     _require(settings.require_database_url, settings.require_redis_url)
     _require_redis_target(settings)
-    if not settings.mintfax_webhook_secrets:
+    try:
+        configured = settings.webhook_secrets()
+    except ConfigurationError as exc:
+        _fail([str(exc)])
+    if not configured:
         _fail(
             [
-                "MINTFAX_WEBHOOK_SECRET is not set: every webhook would be refused "
-                "(`faxout webhooks register` prints the secret to put there)"
+                "MINTFAX_WEBHOOK_SECRET is not set (nor MINTFAX_WEBHOOK_SECRET_FILE): every "
+                "webhook would be refused (`faxout webhooks register` prints the secret to put "
+                "there)"
             ]
         )
     from workers.heartbeat import HeartbeatThread
     from workers.runtime import Runtime
-    from workers.webhooks import create_receiver, serve
+    from workers.webhooks import SteadySecrets, create_receiver, serve
 
     _configure_logging("webhooks")
     runtime = Runtime(settings)
-    secrets = settings.mintfax_webhook_secrets
+    secrets = SteadySecrets(settings.webhook_secrets)  # a rotated file, without a restart
     reconciler = runtime.reconciler
     from outbox.fleet_status import WebhookCounters
 
     receiver = create_receiver(
         reconciler.handle_event,
-        lambda: secrets,
+        secrets,
         handle_many=reconciler.handle_events_async,
         on_shutdown=reconciler.aclose,
         count=WebhookCounters(runtime.redis).count,  # duplicates and refusals, fleet-wide
@@ -927,9 +932,10 @@ def webhooks_register(
     typer.echo(f"events: {', '.join(subscribed) if subscribed else 'all'}")
     typer.echo(f"signing secret (shown only this once): {secret.get_secret_value()}")
     typer.echo(
-        "Store it now where the receiver reads it, MINTFAX_WEBHOOK_SECRET (from your secret "
-        "manager, not a file in the repository). During a rotation list both, new first, comma "
-        "separated, until the old one is retired: MINTFAX_WEBHOOK_SECRET=<new>,<old>."
+        "Store it now where the receiver reads it, MINTFAX_WEBHOOK_SECRET or the file "
+        "MINTFAX_WEBHOOK_SECRET_FILE names (from your secret manager, not a file in the "
+        "repository; the file is read again when it changes). During a rotation list both, new "
+        "first, comma separated, until the old one is retired: MINTFAX_WEBHOOK_SECRET=<new>,<old>."
     )
 
 

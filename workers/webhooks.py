@@ -35,7 +35,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from outbox.errors import DatabaseUnavailable, WebhookRefused
+from outbox.errors import ConfigurationError, DatabaseUnavailable, WebhookRefused
 from outbox.events import FaxEvent
 from outbox.webhooks import BAD_REQUEST, MAX_BODY_BYTES, TOO_LARGE, verify_webhook
 
@@ -272,6 +272,35 @@ def create_receiver(
         ],
         lifespan=lifespan,
     )
+
+
+class SteadySecrets:
+    """The receiver's `secrets`: `read()` asked on every request (a secret file is read again
+    only when it changed, so a rotation needs no restart), the last good answer kept when a
+    read fails. A secrets manager replacing the file, or a mount briefly gone, must not turn
+    mintfax's events away; the failure is logged once until a read succeeds again."""
+
+    def __init__(self, read: Callable[[], Sequence[SecretStr]]) -> None:
+        self._read = read
+        self._last = tuple(read())  # the first read must work: the caller checked it
+        self._failing = False
+
+    def __call__(self) -> Sequence[SecretStr]:
+        try:
+            self._last = tuple(self._read())
+        except ConfigurationError as exc:
+            if not self._failing:
+                log.warning(
+                    "webhook secrets could not be read (%s); verifying with the last ones read",
+                    exc,
+                    extra={"action": "webhook.secrets_unreadable"},
+                )
+            self._failing = True
+            return self._last
+        if self._failing:
+            log.info("webhook secrets can be read again", extra={"action": "webhook.secrets_back"})
+            self._failing = False
+        return self._last
 
 
 async def read_limited(request: Request, limit: int) -> bytes:

@@ -7,16 +7,20 @@ real database), and every row ends in the simulator's final state for it.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
 import sys
+import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
 import pytest
 from sqlalchemy import select
 
+from mintfax_sandbox.webhooks import signed_headers
 from outbox.models import FaxStatus, fax_outbox
 from tests.acceptance.fleet import Fleet
 from tests.sandbox_fixtures import SandboxHandle
@@ -121,6 +125,79 @@ def test_serve_refuses_to_start_without_a_webhook_secret(database_url: str, redi
     done = faxout("webhooks", "serve", "--port", str(free_port()), env=env)
     assert done.returncode == 2
     assert "MINTFAX_WEBHOOK_SECRET is not set" in done.stderr
+
+
+def test_serve_follows_a_rotated_secret_file_without_a_restart(
+    database_url: str, redis_url: str, tmp_path: Path
+) -> None:
+    # MINTFAX_WEBHOOK_SECRET_FILE (a secrets mount): the receiver reads the file again when it
+    # changes, so a rotation (new,old; then new) needs no restart; while the file cannot be
+    # read it keeps verifying with the last secrets it read, and says so once.
+    old, new = "whsec_rotation_old_0123456789abcdef", "whsec_rotation_new_fedcba9876543210"
+    secret_file = tmp_path / "webhook-secret"
+    secret_file.write_text(old + "\n")
+    secret_file.chmod(0o600)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("FAXOUT_", "MINTFAX_"))} | {
+        "DATABASE_URL": database_url,
+        "REDIS_URL": redis_url,
+        "MINTFAX_WEBHOOK_SECRET_FILE": str(secret_file),
+        "FAXOUT_LOG_LEVEL": "debug",
+    }
+    port = free_port()
+    log_path = tmp_path / "webhooks.log"
+    with log_path.open("wb") as log:
+        server = subprocess.Popen(
+            [str(FAXOUT), "webhooks", "serve", "--host", "127.0.0.1", "--port", str(port)],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    url = f"http://127.0.0.1:{port}"
+    sent = 0
+
+    def post(secret: str) -> int:
+        nonlocal sent
+        sent += 1
+        body = json.dumps(
+            {
+                "event_id": f"evt_rotation_{sent}",
+                "event": "fax.delivered",
+                "timestamp": datetime.now(UTC).isoformat(),
+                "data": {"id": f"fax_rotation_{sent}", "status": "delivered"},
+            }
+        ).encode()
+        headers = signed_headers("a", secret, f"evt_rotation_{sent}", body, int(time.time()))
+        return httpx.post(f"{url}/webhooks/mintfax", content=body, headers=headers).status_code
+
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert server.poll() is None and time.monotonic() < deadline, log_path.read_text()
+            time.sleep(0.1)
+        assert post(old) == 200 and post(new) == 401
+
+        secret_file.write_text(f"{new},{old}\n")  # the overlap: both verify
+        assert post(new) == 200 and post(old) == 200
+
+        secret_file.write_text(new + "\n")  # the old one retired
+        assert post(old) == 401 and post(new) == 200
+
+        secret_file.unlink()  # a mount briefly gone: the last secrets read still verify
+        assert post(new) == 200 and post(new) == 200 and post(old) == 401
+        secret_file.write_text(new + "\n")
+        assert post(new) == 200
+    finally:
+        server.terminate()
+        server.wait(20)
+    text = log_path.read_text()
+    assert text.count("webhook secrets could not be read") == 1
+    assert "webhook secrets can be read again" in text
+    assert old not in text and new not in text
 
 
 # What the simulator decides for each magic number (mintfax_sandbox/__init__.py).

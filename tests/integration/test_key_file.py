@@ -88,3 +88,57 @@ def test_a_key_file_only_its_owner_can_read_is_not_warned_about(
     with caplog.at_level(logging.DEBUG):
         Settings.from_env({"MINTFAX_API_KEY_FILE": str(key_file)}).api_key()
     assert [r for r in caplog.records if r.levelno >= logging.WARNING] == []
+
+
+# --- MINTFAX_WEBHOOK_SECRET_FILE: the receiver's signing secrets from a file -------------------
+
+
+def test_a_rotated_webhook_secret_file_is_picked_up_without_a_restart(tmp_path: Path) -> None:
+    secret_file = tmp_path / "webhook-secret"
+    secret_file.write_text("whsec_old\n")
+    secret_file.chmod(0o600)
+    settings = Settings.from_env({"MINTFAX_WEBHOOK_SECRET_FILE": str(secret_file)})
+
+    def values() -> list[str]:
+        return [s.get_secret_value() for s in settings.webhook_secrets()]
+
+    assert values() == ["whsec_old"]
+    secret_file.write_text("whsec_new, whsec_old\n")  # the overlap, as in the variable
+    assert values() == ["whsec_new", "whsec_old"]
+    replacement = tmp_path / "webhook-secret.new"
+    replacement.write_text("whsec_new")
+    os.replace(replacement, secret_file)  # a secrets manager's rename into place
+    assert values() == ["whsec_new"]
+    assert "whsec_new" not in repr(settings)
+
+
+def test_a_webhook_secret_file_that_cannot_be_read_names_the_variable(tmp_path: Path) -> None:
+    settings = Settings.from_env({"MINTFAX_WEBHOOK_SECRET_FILE": str(tmp_path / "absent")})
+    with pytest.raises(ConfigurationError) as caught:
+        settings.webhook_secrets()
+    assert str(caught.value).startswith("MINTFAX_WEBHOOK_SECRET_FILE cannot be read")
+
+
+def test_a_webhook_secret_in_the_variable_and_a_file_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ConfigurationError) as caught:
+        Settings.from_env(
+            {"MINTFAX_WEBHOOK_SECRET": "whsec_inline-4711", "MINTFAX_WEBHOOK_SECRET_FILE": "/x"}
+        )
+    assert "MINTFAX_WEBHOOK_SECRET_FILE" in str(caught.value)
+    assert "inline-4711" not in str(caught.value)
+
+
+def test_a_webhook_secret_file_readable_by_others_is_warned_about_by_its_name(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    secret_file = tmp_path / "webhook-secret"
+    secret_file.write_text("whsec_exposed-0815")
+    secret_file.chmod(0o644)
+    settings = Settings.from_env({"MINTFAX_WEBHOOK_SECRET_FILE": str(secret_file)})
+    with caplog.at_level(logging.DEBUG):
+        settings.webhook_secrets()
+        settings.webhook_secrets()
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1
+    assert warnings[0].startswith(f"MINTFAX_WEBHOOK_SECRET_FILE {secret_file} is readable")
+    assert "exposed-0815" not in warnings[0]
