@@ -10,7 +10,9 @@ is higher): a balance wobbling around the low mark is one episode, not one alert
 mintfax's own `balance.low` and `balance.topup` webhooks move the same episode
 (`open_episode_from_event`, `close_episode_from_event`): whichever signal comes first opens it
 and raises its one alert (same key), the other finds it open; a top-up closes it. Before, the
-two kept episodes of their own, and one low balance could raise two alerts.
+two kept episodes of their own, and one low balance could raise two alerts. A `balance.low`
+that mintfax repeats within one of its top-up cycles opens nothing, even when the watch has
+closed the episode meanwhile (mintfax's mark can sit far above ours).
 
 A fleet pause for `insufficient_balance` (a 402) is lifted automatically once `available` is at
 or above `FAXOUT_RESUME_BALANCE_CENTS`: `FleetControl.resume` ends it and makes the waiting
@@ -172,15 +174,20 @@ def episode_alert_key(opened: BalanceSnapshot) -> str:
 
 
 def open_episode_from_event(
-    conn: Connection, *, now: datetime | None, data: Mapping[str, Any]
+    conn: Connection, *, now: datetime | None, event_id: str, data: Mapping[str, Any]
 ) -> BalanceSnapshot | None:
-    """mintfax's `balance.low` (its `data`: available, held), in the caller's transaction: a
-    low-balance episode starts, unless one is open already (the watch's, or an earlier
-    event's: mintfax repeats `balance.low` while the balance hovers). Returns the reading
-    that opened it, to alert once (`episode_alert_key`); None when it was open."""
+    """mintfax's `balance.low` `event_id` (its `data`: available, held), recorded in the
+    caller's transaction: a low-balance episode starts, unless one is open already (the
+    watch's, or an earlier event's) or mintfax said `balance.low` before in the same top-up
+    cycle. mintfax repeats it while the balance hovers across its own mark, which can sit far
+    above ours: the watch, reading the balance as fine, may have closed the episode between
+    two repeats. Returns the reading that opened it, to alert once (`episode_alert_key`);
+    None otherwise."""
     repository.lock_balance_watch(conn)
     previous = repository.latest_balance_snapshot(conn)
     if previous is not None and previous.low_since is not None:
+        return None
+    if repository.low_balance_told_since_topup(conn, event_id):
         return None
     return repository.record_balance_snapshot(
         conn,

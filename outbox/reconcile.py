@@ -125,7 +125,9 @@ class Reconciler:
         with self._engine.begin() as conn:
             result = EventResult(repository.ingest_event(conn, event, None))
             opened = (
-                open_episode_from_event(conn, now=sql_now(self._clock), data=event.data)
+                open_episode_from_event(
+                    conn, now=sql_now(self._clock), event_id=event.event_id, data=event.data
+                )
                 if result is EventResult.APPLIED
                 else None
             )

@@ -1304,6 +1304,27 @@ def lock_balance_watch(conn: Connection) -> None:
     conn.execute(text("SELECT pg_advisory_xact_lock(hashtext('faxout.balance_watch'))"))
 
 
+def low_balance_told_since_topup(conn: Connection, event_id: str) -> bool:
+    """Whether mintfax sent a `balance.low` other than `event_id` after its latest
+    `balance.topup` (mintfax's own times, both): a repeat within one of its top-up cycles.
+    Reads `fax_events_balance_idx` (migration 0017)."""
+    return bool(
+        conn.execute(
+            text(
+                """
+                SELECT EXISTS (
+                    SELECT 1 FROM fax_events AS low
+                    WHERE low.event_type = 'balance.low' AND low.event_id <> :event_id
+                      AND low.occurred_at > coalesce(
+                          (SELECT max(occurred_at) FROM fax_events
+                           WHERE event_type = 'balance.topup'), '-infinity'))
+                """
+            ),
+            {"event_id": event_id},
+        ).scalar_one()
+    )
+
+
 def latest_balance_snapshot(conn: Connection) -> BalanceSnapshot | None:
     """The newest stored reading, or None."""
     row = conn.execute(

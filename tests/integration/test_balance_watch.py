@@ -141,6 +141,26 @@ def test_the_watch_and_mintfaxs_balance_low_share_one_episode_and_one_alert(
         webhooks.close()
 
 
+def test_mintfax_repeating_balance_low_above_our_marks_is_one_episode(harness: Harness) -> None:
+    # mintfax's low mark (20 % of the last top-up) can sit far above ours: the watch reads the
+    # balance as fine and closes the episode, while mintfax repeats balance.low each time the
+    # balance hovers across its own mark (released holds lift it). Until a top-up, that is one
+    # episode and one alert, not one per repeat.
+    webhooks = _webhooks(harness)
+    try:
+        harness.sandbox.set_balance(20_000)  # above LOW and RESUME here, below mintfax's mark
+        for _ in range(3):
+            webhooks.handle_event(_event("balance.low", 20_000))
+            harness.check()
+        assert len(harness.low_alerts()) == 1
+        webhooks.handle_event(_event("balance.topup", 120_000))  # a new cycle at mintfax
+        harness.check()
+        webhooks.handle_event(_event("balance.low", 19_000))
+        assert len(harness.low_alerts()) == 2
+    finally:
+        webhooks.close()
+
+
 def test_a_topup_with_no_episode_open_writes_no_reading(harness: Harness) -> None:
     webhooks = _webhooks(harness)
     try:
