@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -125,23 +125,33 @@ def _one_line_per_process_and_outage(fleet: Fleet, service: str) -> None:
         assert len(back) == len(lost), (name, lost, back)
 
 
-def test_postgres_restart_mid_run_costs_seconds(pg_fleet: Fleet, own_postgres: PgCluster) -> None:
-    fleet = pg_fleet
+def _restart_mid_run_costs_seconds(
+    fleet: Fleet, service: str, stop: Callable[[], None], start: Callable[[], None]
+) -> None:
+    """600 faxes under way; `service` stopped for 5 s and started again: sending resumes
+    within RESUME_WITHIN, every fax once, no lease waited out, one line per process."""
     fleet.start_sandbox("--rate-limit-per-minute", "0", "--faults", "latency_ms=100-200")
     fleet.start(workers=2, concurrency=2)
     fleet.enqueue(600)
     fleet.wait_until(lambda: fleet.submitted_count() >= 100, 90, "the run to be under way")
-    own_postgres.stop("fast")  # every connection dropped, POSTs in flight
+    stop()
     time.sleep(5)
-    own_postgres.start()
+    start()
     back = time.monotonic()
     stall = _time_to_next_creation(fleet)
-    print(f"\nPostgres back -> next fax created at the sandbox: {stall:.2f} s")
+    print(f"\n{service} back -> next fax created at the sandbox: {stall:.2f} s")
     fleet.wait_until(lambda: fleet.unfinished() == 0, 200, "the rest after the restart")
-    print(f"drained {time.monotonic() - back:.1f} s after Postgres was back")
+    print(f"drained {time.monotonic() - back:.1f} s after {service} was back")
     _submitted_quietly(fleet, 600)
     assert stall < RESUME_WITHIN
-    _one_line_per_process_and_outage(fleet, "database")
+    _one_line_per_process_and_outage(fleet, service)
+
+
+def test_postgres_restart_mid_run_costs_seconds(pg_fleet: Fleet, own_postgres: PgCluster) -> None:
+    # A fast stop: every connection dropped, POSTs in flight.
+    _restart_mid_run_costs_seconds(
+        pg_fleet, "database", lambda: own_postgres.stop("fast"), own_postgres.start
+    )
 
 
 def test_postgres_away_for_longer_than_the_lease_still_sends_each_fax_once(
@@ -172,19 +182,5 @@ def test_postgres_away_for_longer_than_the_lease_still_sends_each_fax_once(
 
 
 def test_redis_restart_mid_run_costs_seconds(redis_fleet: Fleet, own_redis: RedisServer) -> None:
-    fleet = redis_fleet
-    fleet.start_sandbox("--rate-limit-per-minute", "0", "--faults", "latency_ms=100-200")
-    fleet.start(workers=2, concurrency=2)
-    fleet.enqueue(600)
-    fleet.wait_until(lambda: fleet.submitted_count() >= 100, 90, "the run to be under way")
-    own_redis.stop()  # broker, throttle and pause mirror gone (and emptied: no persistence)
-    time.sleep(5)
-    own_redis.start()
-    back = time.monotonic()
-    stall = _time_to_next_creation(fleet)
-    print(f"\nRedis back -> next fax created at the sandbox: {stall:.2f} s")
-    fleet.wait_until(lambda: fleet.unfinished() == 0, 200, "the rest after the restart")
-    print(f"drained {time.monotonic() - back:.1f} s after Redis was back")
-    _submitted_quietly(fleet, 600)
-    assert stall < RESUME_WITHIN
-    _one_line_per_process_and_outage(fleet, "redis")
+    # Broker, throttle and pause mirror gone, and emptied: no persistence.
+    _restart_mid_run_costs_seconds(redis_fleet, "redis", own_redis.stop, own_redis.start)

@@ -48,6 +48,7 @@ from tests import pg_cluster
 from tests.acceptance.fleet import API_KEY, Fleet
 from tests.chaos.services import PG_PORTS, REDIS_PORTS, RedisServer, free_port
 from tests.pg_cluster import PgCluster
+from workers.single_host import demo
 from workers.single_host.embedded import free_port as any_free_port
 from workers.single_host.stack import Stack, fleet_env
 
@@ -77,17 +78,6 @@ CREDIT_SHARE = 0.6  # the balance covers about this share of the faxes: then 402
 TOPUP_AFTER = 3.0  # seconds the operator takes to top up once the fleet is paused
 RUN_BUDGET = 540.0  # seconds from the first enqueue until every row must be final
 PRICE_PER_PAGE = 10
-# The demo's mix of magic numbers (mintfax-api.md section 9): deliveries, retried and terminal
-# carrier failures.
-MIX = {
-    "+15005550001": 0.55,
-    "+15005550007": 0.10,
-    "+15005550004": 0.10,
-    "+15005550002": 0.08,
-    "+15005550003": 0.07,
-    "+15005550005": 0.05,
-    "+15005550008": 0.05,
-}
 # Alerts the story raises: the 402 pause, and the low-balance warning before it (at most one).
 EXPECTED_ALERTS = {"fleet_paused": (1, 1), "balance_low": (0, 1)}
 RESULTS = Path(__file__).resolve().parents[2] / "bench" / "results" / "chaos.json"
@@ -124,16 +114,6 @@ def chaos_services() -> Iterator[tuple[PgCluster, RedisServer, Path]]:
         cluster.destroy()
 
 
-def numbers() -> list[str]:
-    """FAXES recipients in MIX's proportions, shuffled (every scenario all along the run)."""
-    chosen: list[str] = []
-    for number, share in MIX.items():
-        chosen += [number] * round(share * FAXES)
-    chosen = (chosen + ["+15005550001"] * FAXES)[:FAXES]
-    random.Random(12).shuffle(chosen)
-    return chosen
-
-
 def test_chaos_run(chaos_services: tuple[PgCluster, RedisServer, Path]) -> None:
     cluster, redis_server, workdir = chaos_services
     database_url = cluster.create_database("faxout")
@@ -161,7 +141,7 @@ def test_chaos_run(chaos_services: tuple[PgCluster, RedisServer, Path]) -> None:
     started_at = datetime.now(UTC)
     try:
         fleet.start_sandbox("--rate-limit-per-minute", str(RATE_LIMIT), "--faults", FAULTS)
-        recipients = numbers()
+        recipients = demo.recipients(FAXES, seed=12)  # the demo's mix of scenarios
         holds = [scenario_for(n).pages * PRICE_PER_PAGE for n in recipients]
         fleet.sandbox("balance", available=round(CREDIT_SHARE * sum(holds)))
         _start_receiver(stack, fleet.sandbox_url)

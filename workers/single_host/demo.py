@@ -147,7 +147,7 @@ def run(
 
         state = DemoState()
         _show_refusals(console, engine, state)
-        numbers = _numbers(faxes)
+        numbers = recipients(faxes)
         _enqueue(engine, numbers[:stretch], prefix, 0)
         console.print(
             f"[bold]without webhooks:[/bold] enqueued {stretch} faxes; no endpoint is "
@@ -225,14 +225,14 @@ def _show_refusals(console: Console, engine: Engine, state: DemoState) -> None:
     console.print()
 
 
-def _numbers(count: int) -> list[str]:
+def recipients(count: int, seed: int = 7) -> list[str]:
     """`count` recipients in the proportions of MIX, shuffled so every scenario runs
-    throughout (the stretch without webhooks included)."""
+    throughout (the stretch without webhooks included); the chaos run draws its own."""
     numbers: list[str] = []
     for number, share in MIX.items():
         numbers += [number] * round(share * count)
     numbers = (numbers + ["+15005550001"] * count)[:count]
-    random.Random(7).shuffle(numbers)
+    random.Random(seed).shuffle(numbers)
     return numbers
 
 
