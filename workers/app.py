@@ -189,6 +189,39 @@ def _configure_from_settings() -> None:
     configure(settings)
 
 
+# One send at a time per process: a worker process's submit context (the claim in progress,
+# the work an outage kept, and the lock that keeps them apart) is its own. The prefork pool
+# gives each concurrent send a process; solo has one. A threads or greenlet pool would share
+# one context among its sends and, under that lock, send one fax at a time whatever
+# --concurrency says.
+PROCESS_POOLS = frozenset({"celery.concurrency.prefork", "celery.concurrency.solo"})
+
+
+def pool_is_supported(pool: object) -> bool:
+    """Whether Celery's `--pool` (an alias such as "threads", or a class) gives each send a
+    process of its own."""
+    from celery import concurrency
+
+    try:
+        implementation = concurrency.get_implementation(pool)
+    except (ImportError, AttributeError, KeyError, TypeError):
+        return True  # Celery itself says what is wrong with it
+    return getattr(implementation, "__module__", "") in PROCESS_POOLS
+
+
+@signals.worker_init.connect
+def _require_a_process_pool(sender: Any, **_: Any) -> None:
+    pool = getattr(sender, "pool_cls", None)
+    if pool is not None and not pool_is_supported(pool):
+        print(
+            f"error: the {pool if isinstance(pool, str) else pool.__module__} pool is not "
+            "supported: fax-outbox workers send one fax at a time per process; use the "
+            "prefork pool (the default) and --concurrency for more at once",
+            file=sys.stderr,
+        )
+        raise SystemExit(2)
+
+
 @signals.worker_process_shutdown.connect
 def _close_runtime(**_: Any) -> None:
     Runtime.close()

@@ -35,3 +35,44 @@ def test_invalid_settings_stop_the_process_with_one_line(command: list[str]) -> 
     errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "FAXOUT_LEASE_SECONDS" in errors[0]
     assert "amqp://" not in done.stdout + done.stderr
+
+
+def test_a_pool_that_shares_one_process_among_sends_is_refused(
+    database_url: str, redis_url: str
+) -> None:
+    # A worker process has one submit context: on a threads or greenlet pool its sends would
+    # share it and go one at a time whatever --concurrency says. Refused at start, in a line.
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("FAXOUT_", "MINTFAX_"))}
+    env.update(DATABASE_URL=database_url, REDIS_URL=redis_url, MINTFAX_API_KEY="fx_test_pool_check")
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "workers.app",
+            "worker",
+            "--pool",
+            "threads",
+            "-c",
+            "4",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 2, done.stdout + done.stderr
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "pool is not supported" in errors[0]
+    assert "prefork" in errors[0]
+
+
+def test_the_process_pools_are_the_supported_ones() -> None:
+    from celery.concurrency.prefork import TaskPool
+
+    from workers.app import pool_is_supported
+
+    assert [pool_is_supported(p) for p in ("prefork", "processes", "solo", TaskPool)] == [True] * 4
+    assert [pool_is_supported(p) for p in ("threads", "gevent")] == [False, False]
