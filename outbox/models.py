@@ -437,6 +437,13 @@ Index(
 Index("fax_events_outbox_id_idx", fax_events.c.outbox_id)
 # Webhook events by outcome, for the metrics (migration 0013).
 Index("fax_events_outcome_idx", fax_events.c.outcome)
+# mintfax's balance events, for the low-balance episode's top-up cycle (migration 0017).
+Index(
+    "fax_events_balance_idx",
+    fax_events.c.event_type,
+    fax_events.c.occurred_at,
+    postgresql_where=text("event_type IN ('balance.low', 'balance.topup')"),
+)
 
 # What retention deleted, by kind and label (migration 0013's triggers add to it), so counters
 # derived from rows never go down: `faxes_deleted` by status, `attempts_deleted` by
